@@ -1,0 +1,1 @@
+"""Shared code of the bone-age study: the notebooks tell the story, these modules do the work."""
