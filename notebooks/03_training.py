@@ -1,0 +1,125 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python (bone-age)
+#     language: python
+#     name: bone-age
+# ---
+
+# %% [markdown]
+# # 03 · Training
+#
+# A convolutional network takes the preprocessed radiograph and the sex and predicts bone age.
+# It learns a standardised target (z-scored with the training mean and SD) and outputs months.
+# Training stops early on validation MAE and keeps the best epoch; a checkpoint after every epoch
+# lets an interrupted run continue where it stopped (rerun the same command). With
+# `train_seed_baseline`, the seed study's model is trained on the same split under the same
+# budget, so that stage 04 can compare the two.
+
+# %% tags=["parameters"]
+# A preset of presets.yaml and overrides of its parameters; the pipeline sets both.
+# BONE_AGE_PRESET lets `jupyter nbconvert --execute` pick a preset without papermill.
+import os
+
+preset = os.environ.get("BONE_AGE_PRESET", "demo")
+overrides = {}
+
+# %%
+import keras
+import pandas as pd
+
+from utils import config, model, plots, study, training
+from utils.files import write_json_atomic
+
+parameters = config.load_parameters(preset, overrides)
+paths = config.run_paths(parameters)
+table = study.load_split_table(parameters, paths)
+images = study.load_images(table, parameters)
+train = study.split_arrays(table, images, "train")
+validation = study.split_arrays(table, images, "validation")
+target_mean, target_std = float(train[2].mean()), float(train[2].std())
+print(f"train {len(train[0]):,} · validation {len(validation[0]):,} images of "
+      f"{parameters['image_size']} px; target mean {target_mean:.1f} months, SD {target_std:.1f}")
+
+# %% [markdown]
+# ## The model
+
+# %%
+keras.utils.set_random_seed(parameters["seed"])
+bone_age_model = model.build_model(
+    parameters["image_size"],
+    architecture=parameters["architecture"],
+    target_mean=target_mean,
+    target_std=target_std,
+    augment=parameters["augment"],
+)
+if parameters["init_weights"]:
+    print(model.load_initial_weights(bone_age_model, config.PROJECT_ROOT / parameters["init_weights"]))
+bone_age_model.summary()
+
+# %% [markdown]
+# ## Training
+# Progress is printed per epoch; `history.json` and the checkpoints are rewritten atomically
+# after each epoch.
+
+# %%
+def fit(architecture, built_model, checkpoint_name, history_path):
+    """Train one model of this run and return its training summary."""
+    return training.train_model(
+        built_model,
+        train=train,
+        validation=validation,
+        checkpoint_dir=paths.checkpoints / checkpoint_name,
+        history_path=history_path,
+        architecture=architecture,
+        epochs=parameters["epochs"],
+        batch_size=parameters["batch_size"],
+        learning_rate=parameters["learning_rate"],
+        patience=parameters["patience"],
+        time_budget_seconds=parameters["time_budget_minutes"] * 60 if parameters["time_budget_minutes"] else None,
+        seed=parameters["seed"],
+    )
+
+
+summary = fit(parameters["architecture"], bone_age_model, "ours", paths.history)
+bone_age_model.save(paths.model)
+print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_mae']:.2f} months · "
+      f"{summary['training_seconds'] / 60:.1f} min · {summary['training_images_per_second']:.0f} images/s")
+
+# %% [markdown]
+# ## The seed study's model, same split, same budget
+
+# %%
+baseline_summary = None
+if parameters["train_seed_baseline"]:
+    keras.utils.set_random_seed(parameters["seed"])
+    baseline_model = model.build_model(
+        parameters["image_size"], architecture="seed_baseline", target_mean=target_mean, target_std=target_std
+    )
+    baseline_summary = fit("seed_baseline", baseline_model, "seed_baseline", paths.baseline_history)
+    baseline_model.save(paths.baseline_model)
+    print(f"seed baseline: best epoch {baseline_summary['best_epoch']} · validation MAE "
+          f"{baseline_summary['best_val_mae']:.2f} months · {baseline_summary['training_seconds'] / 60:.1f} min")
+write_json_atomic(
+    paths.results / "training_summary.json",
+    {"ours": summary, "seed_baseline": baseline_summary, "target_mean": target_mean, "target_std": target_std},
+)
+
+# %% [markdown]
+# ## Learning curves
+# Mean absolute error in months per epoch on the training images (augmented) and the validation
+# images; the marker is the epoch kept.
+
+# %%
+baseline_history = training.read_history(paths.baseline_history) if baseline_summary else None
+figure = plots.learning_curves(training.read_history(paths.history), baseline_history)
+plots.save_figure(figure, paths.figures / "learning_curves.png")
+figure

@@ -1,0 +1,228 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python (bone-age)
+#     language: python
+#     name: bone-age
+# ---
+
+# %% [markdown]
+# # 04 · Evaluation
+#
+# The trained model predicts the test split, which no step of training or model selection has
+# seen. The numbers (MAE, RMSE, bias, agreement, share within 6/12/18/24 months, per age band
+# and per sex) go to `performance_metrics.json`. Each prediction carries a split-conformal
+# interval calibrated on the calibration split, and a quality flag for images unlike the
+# training data. The model card and an ONNX copy of the model for the prediction CLI are
+# written here, because they need the calibration.
+
+# %% tags=["parameters"]
+# A preset of presets.yaml and overrides of its parameters; the pipeline sets both.
+# BONE_AGE_PRESET lets `jupyter nbconvert --execute` pick a preset without papermill.
+import os
+
+preset = os.environ.get("BONE_AGE_PRESET", "demo")
+overrides = {}
+
+# %%
+import json
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from utils import config, evaluation, inference, model, plots, quality, study
+from utils.files import atomic_path
+
+parameters = config.load_parameters(preset, overrides)
+paths = config.run_paths(parameters)
+table = study.load_split_table(parameters, paths)
+images = study.load_images(table, parameters)
+training_summary = json.loads((paths.results / "training_summary.json").read_text())
+bone_age_model = keras.models.load_model(paths.model)
+calibration = study.split_arrays(table, images, "calibration")
+test = study.split_arrays(table, images, "test")
+test_table = table[table["split"] == "test"].reset_index(drop=True)
+print(f"calibration {len(calibration[0]):,} · test {len(test[0]):,} images")
+
+# %% [markdown]
+# ## Test-time augmentation: does it pay?
+# Averaging predictions over shifted copies costs several forward passes; it is used only when
+# the `tta` parameter says so. Here is what it would buy on the validation split.
+
+# %%
+validation = study.split_arrays(table, images, "validation")
+tta_check = {}
+for use_tta in (False, True):
+    started = time.perf_counter()
+    predicted = model.predict_months(bone_age_model, validation[0], validation[1], tta=use_tta)
+    tta_check["with TTA" if use_tta else "plain"] = {
+        "validation_mae": float(np.abs(predicted - validation[2]).mean()),
+        "seconds": time.perf_counter() - started,
+    }
+pd.DataFrame(tta_check).T.round(3)
+
+# %% [markdown]
+# ## Predictions, intervals and quality flags
+
+# %%
+calibration_pred = model.predict_months(bone_age_model, calibration[0], calibration[1], tta=parameters["tta"])
+test_table["boneage_pred"] = model.predict_months(bone_age_model, test[0], test[1], tta=parameters["tta"])
+conformal = evaluation.fit_conformal(calibration[2], calibration_pred, coverage=parameters["interval_coverage"])
+test_table["boneage_low"], test_table["boneage_high"] = conformal.interval(test_table["boneage_pred"].to_numpy())
+quality_reference = quality.QualityReference.fit(study.split_arrays(table, images, "train")[0])
+test_table["quality_score"] = quality_reference.score(test[0])
+test_table["quality_flag"] = quality_reference.flag(test[0])
+
+baseline_pred = None
+if training_summary["seed_baseline"]:
+    baseline_model = keras.models.load_model(paths.baseline_model)
+    baseline_pred = model.predict_months(baseline_model, test[0], test[1])
+    test_table["seed_baseline_pred"] = baseline_pred
+
+columns = ["id", "boneage", "male", "boneage_pred", "boneage_low", "boneage_high", "quality_score", "quality_flag"]
+columns += ["seed_baseline_pred"] if baseline_pred is not None else []
+with atomic_path(paths.predictions) as temporary:
+    test_table[columns].to_csv(temporary, index=False)
+test_table[columns].head()
+
+# %% [markdown]
+# ## Speed
+
+# %%
+speed = model.measure_inference_speed(bone_age_model, parameters["image_size"])
+speed
+
+# %% [markdown]
+# ## Metrics
+
+# %%
+train_ages = study.split_arrays(table, images, "train")[2]
+metrics = evaluation.build_performance_metrics(
+    parameters=parameters,
+    dataset_name=study.dataset_name(parameters),
+    dataset_source=str(study.dataset_folder(parameters, progress=False)),
+    split_counts=table["split"].value_counts().reindex(study.SPLITS, fill_value=0).to_dict(),
+    model_info={
+        "architecture": parameters["architecture"],
+        "parameters_count": bone_age_model.count_params(),
+        "image_size": parameters["image_size"],
+        "path": str(paths.model.relative_to(config.PROJECT_ROOT)),
+    },
+    y_true=test[2],
+    y_pred=test_table["boneage_pred"].to_numpy(),
+    male=test[1].astype(bool),
+    train_ages=train_ages,
+    interval=(test_table["boneage_low"].to_numpy(), test_table["boneage_high"].to_numpy()),
+    interval_method=conformal.method,
+    interval_nominal=parameters["interval_coverage"],
+    baseline_pred=baseline_pred,
+    timing={
+        "training_seconds": training_summary["ours"]["training_seconds"],
+        "training_images_per_second": training_summary["ours"]["training_images_per_second"],
+        "inference_images_per_second": speed["images_per_second"],
+        "inference_seconds_single_image": speed["seconds_single_image"],
+    },
+)
+evaluation.write_performance_metrics(paths.metrics, metrics)
+headline = ["n", "mae", "rmse", "bias", "pearson_r", "r2", "within_6_pct", "within_12_pct", "within_24_pct"]
+comparison = pd.DataFrame({"ours": {key: metrics[key] for key in headline}})
+if metrics["seed_baseline"]:
+    comparison["seed baseline"] = {key: metrics["seed_baseline"][key] for key in headline}
+comparison.loc["mae", "predict the training mean"] = metrics["baseline_mae_mean_predictor"]
+comparison.round(2)
+
+# %% [markdown]
+# Per age band and per sex. Bands with few test images give wide uncertainty on their MAE.
+
+# %%
+display(pd.DataFrame(metrics["by_age_band"]).T.round(2))
+display(pd.DataFrame(metrics["by_sex"]).T.round(2))
+interval = metrics["prediction_interval"]
+print(f"{interval['nominal_pct']:.0f}% intervals ({interval['method']}): coverage {interval['coverage_pct']:.1f}%, "
+      f"mean width {interval['mean_width']:.1f} months")
+
+# %% [markdown]
+# ## Figures
+
+# %%
+y_true, y_pred = test_table["boneage"].to_numpy(), test_table["boneage_pred"].to_numpy()
+figure = plots.predicted_vs_true(
+    y_true, y_pred, low=test_table["boneage_low"].to_numpy(), high=test_table["boneage_high"].to_numpy(),
+    baseline_pred=baseline_pred,
+)
+plots.save_figure(figure, paths.figures / "predicted_vs_true.png")
+plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / "predicted_vs_true.html")
+figure
+
+# %% [markdown]
+# Predicted against true bone age on the test split; points on the diagonal are exact, the bars
+# are the prediction intervals (a subsample). An interactive version with each image's id is in
+# `figures/predicted_vs_true.html`.
+
+# %%
+figure = plots.bland_altman(y_true, y_pred)
+plots.save_figure(figure, paths.figures / "bland_altman.png")
+figure
+
+# %% [markdown]
+# Bland-Altman: the difference (predicted − true) against the mean of the two; the dashed lines
+# are the bias and the 95% limits of agreement.
+
+# %%
+figure = plots.error_distribution(y_true, y_pred)
+plots.save_figure(figure, paths.figures / "error_distribution.png")
+figure
+
+# %% [markdown]
+# The distribution of signed errors; the guides mark ±6 and ±12 months.
+
+# %%
+figure = plots.metrics_by_band(metrics["by_age_band"], metrics["seed_baseline"]["by_age_band"] if metrics["seed_baseline"] else None)
+plots.save_figure(figure, paths.figures / "metrics_by_band.png")
+figure
+
+# %% [markdown]
+# MAE per age band (test images per band annotated).
+
+# %%
+figure = plots.interval_coverage(
+    {band: values["coverage_pct"] for band, values in interval["by_age_band"].items()}, interval["nominal_pct"]
+)
+plots.save_figure(figure, paths.figures / "interval_coverage.png")
+figure
+
+# %% [markdown]
+# Empirical coverage of the prediction intervals per age band, against the nominal level.
+
+# %% [markdown]
+# ## Model card and ONNX export
+# `models/<run>/model_card.json` holds what `python -m utils.predict` needs (preprocessing
+# parameters, interval calibration, quality reference) and the headline metrics;
+# `bone_age.onnx` is the same network for a fast start without TensorFlow.
+
+# %%
+inference.export_onnx(paths.model, paths.models / "bone_age.onnx")
+study.write_model_card(
+    paths,
+    parameters,
+    overrides=overrides,
+    target_mean=training_summary["target_mean"],
+    target_std=training_summary["target_std"],
+    conformal=conformal.to_dict(),
+    quality_reference=quality_reference.to_dict(),
+    split_counts=metrics["dataset"]["splits"],
+    metrics={key: metrics[key] for key in headline},
+    git_commit=metrics["run"]["git_commit"],
+)
+print(f"model card: {paths.model_card}")
