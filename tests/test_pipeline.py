@@ -1,0 +1,99 @@
+"""The runner's own logic (fast) and the whole study executed on the tiny `ci` preset (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from utils import config, pipeline
+
+
+def test_overrides_are_read_as_yaml():
+    assert pipeline.parse_overrides([("epochs", "5"), ("dataset", "../x"), ("tta", "true")]) == {
+        "epochs": 5, "dataset": "../x", "tta": True,
+    }
+
+
+def test_stage_selection_keeps_study_order():
+    assert pipeline.select_stages("04,02") == ["02_preprocessing", "04_evaluation"]
+    assert pipeline.select_stages(None) == pipeline.STAGES
+    with pytest.raises(ValueError, match="unknown stage '07'"):
+        pipeline.select_stages("07")
+
+
+def test_runner_refuses_unknown_parameter_before_running_anything(capsys):
+    assert pipeline.main(["--preset", "ci", "-p", "epoch", "1", "-p", "run_name", "never_made"]) == 1
+    assert "unknown parameter" in capsys.readouterr().err
+    assert not (config.RESULTS_DIR / "never_made").exists()
+
+
+RUN = "ci_pipeline_test"
+
+
+@pytest.fixture(scope="module")
+def ci_run():
+    """One full run of the ci preset through the runner, as `make run` does for demo."""
+    command = [sys.executable, "-m", "utils.pipeline", "--preset", "ci", "-p", "run_name", RUN, "--timeout", "900"]
+    completed = subprocess.run(command, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=1800)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return config.RunPaths(RUN)
+
+
+@pytest.mark.slow
+def test_runner_writes_every_product(ci_run):
+    for stage in [*pipeline.STAGES, "bone-age"]:
+        assert (ci_run.notebooks / f"{stage}.ipynb").exists()
+        assert (ci_run.notebooks / f"{stage}.html").stat().st_size > 10_000
+    for figure in ["age_distribution", "learning_curves", "predicted_vs_true", "bland_altman",
+                   "residuals_by_age", "gradcam", "interval_coverage", "calibration"]:
+        assert (ci_run.figures / f"{figure}.png").stat().st_size > 5_000, figure
+    assert ci_run.report.read_bytes().startswith(b"%PDF")
+    assert ci_run.model.exists() and ci_run.model_card.exists() and (ci_run.models / "bone_age.onnx").exists()
+
+
+@pytest.mark.slow
+def test_metrics_follow_the_schema(ci_run):
+    metrics = json.loads(ci_run.metrics.read_text())
+    assert metrics["schema_version"] == 1
+    for key in ["mae", "rmse", "mse", "pearson_r", "r2", "bias", "within_6_pct", "within_12_pct",
+                "within_18_pct", "within_24_pct", "baseline_mae_mean_predictor", "by_age_band", "by_sex",
+                "prediction_interval", "timing", "run", "dataset"]:
+        assert key in metrics, key
+    assert metrics["run"]["parameters"]["run_name"] == RUN
+    splits = metrics["dataset"]["splits"]
+    assert sum(splits.values()) == metrics["dataset"]["n_images"] and metrics["n"] == splits["test"]
+    assert 0 < metrics["mae"] < 240
+
+
+@pytest.mark.slow
+def test_failing_cell_names_notebook_and_cell_and_keeps_partial_notebook(tmp_path):
+    run_name = "ci_failure_test"
+    # A dataset folder that does not exist makes the first code cell after the parameters fail.
+    command = [sys.executable, "-m", "utils.pipeline", "--preset", "ci", "--stages", "01",
+               "-p", "run_name", run_name, "-p", "dataset", str(tmp_path / "missing")]
+    completed = subprocess.run(command, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 1
+    assert "01_eda.ipynb failed in cell" in completed.stderr and "does not exist" in completed.stderr
+    partial = config.RunPaths(run_name).notebooks / "01_eda.ipynb"
+    assert partial.exists() and "does not exist" in partial.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [*pipeline.STAGES, "bone-age"])
+def test_nbconvert_executes_each_notebook_as_users_ci_does(stage, tmp_path):
+    """`jupyter nbconvert --execute` runs each notebook in its own folder with the ci preset.
+
+    The stages run in study order (pytest keeps the parameter order), each reading what the
+    previous one wrote to results/ci/.
+    """
+    pipeline.ensure_kernel()
+    source = pipeline.SUMMARY_NOTEBOOK if stage == "bone-age" else pipeline.NOTEBOOKS_DIR / f"{stage}.ipynb"
+    environment = {**os.environ, "BONE_AGE_PRESET": "ci", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", str(source),
+               "--output-dir", str(tmp_path), "--ExecutePreprocessor.timeout=600",
+               f"--ExecutePreprocessor.kernel_name={pipeline.KERNEL_NAME}"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / source.name).exists()
