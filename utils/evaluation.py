@@ -1,0 +1,491 @@
+"""The numbers that describe a bone-age model: accuracy, bias, calibrated intervals, the metrics file.
+
+Everything here is plain NumPy/pandas so that it imports in a blink (no TensorFlow).
+Ages are in months throughout; an error is `prediction - truth`, so a positive bias means
+the model reads hands as older than they are.
+
+performance_metrics.json, schema_version 1
+------------------------------------------
+One JSON object per run, written by `write_performance_metrics` (atomically; NaN as null):
+
+- ``schema_version``: 1.
+- ``run``: ``name``, ``preset``, ``parameters`` (the full parameter dict of the run),
+  ``git_commit`` (``git rev-parse HEAD``, with ``-dirty`` if tracked files differ from it,
+  ``"unknown"`` outside a git checkout), ``created_utc`` (ISO 8601),
+  ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
+  when not installed).
+- ``dataset``: ``name``, ``source``, ``n_images`` (sum of the splits), ``splits`` with the
+  image counts of ``train``, ``validation``, ``calibration`` and ``test``.
+- ``model``: ``architecture``, ``parameters_count``, ``image_size``, ``path``.
+- Test-split accuracy of our model, flat: ``n``, ``mae``, ``rmse``, ``mse`` (months, months²),
+  ``pearson_r``, ``r2``, ``bias`` (mean of prediction - truth) and ``within_6_pct``,
+  ``within_12_pct``, ``within_18_pct``, ``within_24_pct``: percent (0-100) of test images whose
+  absolute error is at most 6/12/18/24 months.
+- ``baseline_mae_mean_predictor``: the MAE of always predicting the training mean.
+- ``by_age_band``: for each band of AGE_BANDS (true age; in age order, empty bands left out)
+  ``{n, mae, bias, within_12_pct}``; ``by_sex``: the same for ``female`` and ``male``.
+- ``prediction_interval``: ``method`` and ``nominal_pct`` of the conformal intervals, their
+  empirical ``coverage_pct`` and ``mean_width`` (months) on the test split and ``by_age_band``
+  ``{n, coverage_pct, mean_width}``.
+- ``regression_to_mean``: ``slope`` and ``intercept`` of the least-squares line of the residual
+  (prediction - truth) on the true age; a negative slope means young hands are read too old and
+  old hands too young.
+- ``seed_baseline``: null, or the flat accuracy keys above plus ``by_age_band`` for the seed
+  study's model on the same test split.
+- ``timing``: ``training_seconds``, ``training_images_per_second``,
+  ``inference_images_per_second``, ``inference_seconds_single_image`` (null when not measured).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import math
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import config
+from utils.files import write_json_atomic
+
+SCHEMA_VERSION = 1
+AGE_BANDS = [(0, 24, "0-2 y"), (24, 60, "2-5 y"), (60, 120, "5-10 y"), (120, 180, "10-15 y"), (180, 240, "15-19 y")]
+SEX_LABELS = ["female", "male"]
+WITHIN_MONTHS = (6, 12, 18, 24)
+MAX_AGE_MONTHS = 240
+FLAT_METRIC_KEYS = ["n", "mae", "rmse", "mse", "pearson_r", "r2", "bias"] + [
+    f"within_{months}_pct" for months in WITHIN_MONTHS
+]
+GROUP_METRIC_KEYS = ["n", "mae", "bias", "within_12_pct"]
+SPLIT_NAMES = ["train", "validation", "calibration", "test"]
+MODEL_KEYS = ["architecture", "parameters_count", "image_size", "path"]
+TIMING_KEYS = [
+    "training_seconds",
+    "training_images_per_second",
+    "inference_images_per_second",
+    "inference_seconds_single_image",
+]
+# Distribution names to look up, first installed one wins (the CPU wheel of TensorFlow has its own name).
+LIBRARY_DISTRIBUTIONS = {
+    "numpy": ["numpy"],
+    "pandas": ["pandas"],
+    "scikit-learn": ["scikit-learn"],
+    "tensorflow": ["tensorflow", "tensorflow-cpu"],
+    "keras": ["keras"],
+    "opencv": ["opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy
+# ---------------------------------------------------------------------------------------------
+
+
+def _paired_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float arrays of one shape, finite and not empty, or a ValueError saying which is wrong."""
+    y_true = np.asarray(y_true, dtype=float).ravel()
+    y_pred = np.asarray(y_pred, dtype=float).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("no values to evaluate (empty y_true and y_pred)")
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{name}[{bad}] is {values[bad]}: ages must be finite numbers")
+    return y_true, y_pred
+
+
+def age_band(months) -> np.ndarray:
+    """The AGE_BANDS label of each age; below 0 counts as the first band, 240 and above as the last.
+
+    Predictions can overshoot the 0..240 range by a little, and they still need a band.
+    """
+    months = np.asarray(months, dtype=float).ravel()
+    if np.any(np.isnan(months)):
+        raise ValueError("age_band: an age is NaN")
+    upper_edges = np.array([high for _, high, _ in AGE_BANDS[:-1]], dtype=float)
+    labels = np.array([label for _, _, label in AGE_BANDS], dtype=object)
+    return labels[np.searchsorted(upper_edges, months, side="right")]
+
+
+def sex_label(male) -> np.ndarray:
+    """'male' / 'female' for each boolean, the group labels of `metrics_by_group`."""
+    return np.where(np.asarray(male, dtype=bool).ravel(), "male", "female").astype(object)
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """n, mae, rmse, mse, pearson_r, r2, bias and within_{6,12,18,24}_pct (|error| <= k months, in %)."""
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    error = y_pred - y_true
+    absolute_error = np.abs(error)
+    mse = float(np.mean(error**2))
+    # Correlation and R² are undefined for a constant series; report NaN (null in JSON), not a warning.
+    constant = y_true.size < 2 or np.ptp(y_true) == 0
+    pearson_r = math.nan if constant or np.ptp(y_pred) == 0 else float(np.corrcoef(y_true, y_pred)[0, 1])
+    r2 = math.nan if constant else float(1.0 - np.sum(error**2) / np.sum((y_true - y_true.mean()) ** 2))
+    metrics = {
+        "n": int(y_true.size),
+        "mae": float(absolute_error.mean()),
+        "rmse": math.sqrt(mse),
+        "mse": mse,
+        "pearson_r": pearson_r,
+        "r2": r2,
+        "bias": float(error.mean()),
+    }
+    for months in WITHIN_MONTHS:
+        metrics[f"within_{months}_pct"] = float(100.0 * np.mean(absolute_error <= months))
+    return metrics
+
+
+def group_order(groups) -> list:
+    """The distinct labels in a meaningful order: age bands by age, sexes female then male, else sorted."""
+    present = set(np.asarray(groups, dtype=object).ravel().tolist())
+    for known in ([label for _, _, label in AGE_BANDS], SEX_LABELS):
+        if present <= set(known):
+            return [label for label in known if label in present]
+    return sorted(present, key=str)
+
+
+def metrics_by_group(y_true, y_pred, groups) -> dict:
+    """{group: {n, mae, bias, within_12_pct}} for each label of `groups`, in `group_order`."""
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    groups = np.asarray(groups, dtype=object).ravel()
+    if groups.shape != y_true.shape:
+        raise ValueError(f"groups has {groups.size} labels but there are {y_true.size} values")
+    result = {}
+    for group in group_order(groups):
+        members = groups == group
+        metrics = regression_metrics(y_true[members], y_pred[members])
+        result[group] = {key: metrics[key] for key in GROUP_METRIC_KEYS}
+    return result
+
+
+def baseline_mae_mean_predictor(train_ages, test_ages) -> float:
+    """MAE on the test ages of always predicting the mean training age: the floor any model must beat."""
+    train_ages = np.asarray(train_ages, dtype=float).ravel()
+    if train_ages.size == 0:
+        raise ValueError("baseline_mae_mean_predictor: no training ages")
+    test_ages = np.asarray(test_ages, dtype=float).ravel()
+    return regression_metrics(test_ages, np.full(test_ages.shape, train_ages.mean()))["mae"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformal prediction intervals
+# ---------------------------------------------------------------------------------------------
+
+
+CONFORMAL_METHODS = ("mondrian", "absolute")
+
+
+def conformal_quantile(scores, coverage: float) -> float:
+    """The ceil((n+1)·coverage)-th smallest score: the split-conformal half-width.
+
+    With exchangeable data an interval of this half-width covers a new point with probability
+    at least `coverage` (Vovk et al. 2005; Lei et al. 2018). It exists only when
+    ceil((n+1)·coverage) <= n, i.e. with enough calibration points.
+    """
+    scores = np.sort(np.asarray(scores, dtype=float).ravel())
+    rank = _conformal_rank(scores.size, coverage)
+    if rank > scores.size:
+        raise ValueError(
+            f"{scores.size} calibration points are too few for {100 * coverage:g}% coverage: "
+            f"at least {minimum_calibration_size(coverage)} are needed"
+        )
+    return float(scores[rank - 1])
+
+
+def _conformal_rank(n: int, coverage: float) -> int:
+    # The tolerance keeps a product like 100 · 0.55 = 55.00000000000001 from ceiling to 56.
+    return math.ceil((n + 1) * coverage - 1e-9)
+
+
+def minimum_calibration_size(coverage: float) -> int:
+    """Smallest n for which the conformal quantile at `coverage` is finite."""
+    n = 1
+    while _conformal_rank(n, coverage) > n:
+        n += 1
+    return n
+
+
+@dataclass
+class ConformalInterval:
+    """Calibrated half-widths (months) of prediction intervals; `interval()` applies them.
+
+    method "mondrian": one half-width per band of the *predicted* age (Mondrian conformal
+    prediction, Vovk et al. 2005), so that each band gets its own coverage guarantee: bone-age
+    errors are smaller in infants and near maturity than in mid-childhood. A band with fewer than
+    `min_band_size` calibration points uses the pooled half-width (marginal guarantee only).
+    method "absolute": the pooled half-width everywhere (constant width).
+    """
+
+    method: str
+    coverage: float
+    pooled_half_width: float
+    half_widths: dict = field(default_factory=dict)
+    calibration_counts: dict = field(default_factory=dict)
+    min_band_size: int = 20
+
+    def half_width(self, y_pred) -> np.ndarray:
+        """The half-width for each prediction: its band's, or the pooled one."""
+        widths = pd.Series(age_band(y_pred)).map(self.half_widths)
+        return widths.fillna(self.pooled_half_width).to_numpy(dtype=float)
+
+    def interval(self, y_pred) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) around each prediction, clipped to the 0..240 months of the data."""
+        y_pred = np.asarray(y_pred, dtype=float).ravel()
+        half_width = self.half_width(y_pred)
+        low = np.clip(y_pred - half_width, 0, MAX_AGE_MONTHS)
+        high = np.clip(y_pred + half_width, 0, MAX_AGE_MONTHS)
+        return low, high
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "coverage": self.coverage,
+            "pooled_half_width": self.pooled_half_width,
+            "half_widths": dict(self.half_widths),
+            "calibration_counts": dict(self.calibration_counts),
+            "min_band_size": self.min_band_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConformalInterval":
+        missing = sorted({"method", "coverage", "pooled_half_width", "half_widths"} - set(data))
+        if missing:
+            raise ValueError(f"conformal interval description lacks {missing}")
+        return cls(
+            method=data["method"],
+            coverage=float(data["coverage"]),
+            pooled_half_width=float(data["pooled_half_width"]),
+            half_widths={band: float(width) for band, width in data["half_widths"].items()},
+            calibration_counts={band: int(count) for band, count in data.get("calibration_counts", {}).items()},
+            min_band_size=int(data.get("min_band_size", cls.min_band_size)),
+        )
+
+
+def fit_conformal(y_true_cal, y_pred_cal, coverage: float = 0.9, method: str = "mondrian", min_band_size: int = 20):
+    """Split-conformal intervals calibrated on held-out (truth, prediction) pairs; see ConformalInterval."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be a fraction between 0 and 1, got {coverage}")
+    if method not in CONFORMAL_METHODS:
+        raise ValueError(f"unknown conformal method {method!r}; choose one of {CONFORMAL_METHODS}")
+    y_true_cal, y_pred_cal = _paired_arrays(y_true_cal, y_pred_cal)
+    scores = np.abs(y_pred_cal - y_true_cal)
+    result = ConformalInterval(
+        method=method,
+        coverage=float(coverage),
+        pooled_half_width=conformal_quantile(scores, coverage),
+        min_band_size=int(max(min_band_size, minimum_calibration_size(coverage))),
+    )
+    if method == "mondrian":
+        bands = age_band(y_pred_cal)
+        for band in group_order(bands):
+            members = bands == band
+            result.calibration_counts[band] = int(members.sum())
+            if members.sum() >= result.min_band_size:
+                result.half_widths[band] = conformal_quantile(scores[members], coverage)
+    return result
+
+
+def interval_metrics(y_true, low, high, groups=None) -> dict:
+    """Empirical coverage (%) and mean width (months) of intervals, overall and per group."""
+    y_true = np.asarray(y_true, dtype=float).ravel()
+    low = np.asarray(low, dtype=float).ravel()
+    high = np.asarray(high, dtype=float).ravel()
+    if not (y_true.shape == low.shape == high.shape) or y_true.size == 0:
+        raise ValueError(f"y_true, low and high must be equally long and not empty ({y_true.size}, {low.size}, {high.size})")
+    if np.any(low > high):
+        raise ValueError(f"interval {int(np.flatnonzero(low > high)[0])} has low > high")
+    covered = (low <= y_true) & (y_true <= high)
+    width = high - low
+    result = {"coverage_pct": float(100.0 * covered.mean()), "mean_width": float(width.mean()), "by_group": {}}
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object).ravel()
+        if groups.shape != y_true.shape:
+            raise ValueError(f"groups has {groups.size} labels but there are {y_true.size} values")
+        for group in group_order(groups):
+            members = groups == group
+            result["by_group"][group] = {
+                "n": int(members.sum()),
+                "coverage_pct": float(100.0 * covered[members].mean()),
+                "mean_width": float(width[members].mean()),
+            }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Bias analysis
+# ---------------------------------------------------------------------------------------------
+
+
+def regression_to_mean(y_true, y_pred) -> dict:
+    """{slope, intercept} of the least-squares line residual = slope·true + intercept.
+
+    A regressor that shrinks towards the mean age over-reads the young and under-reads the old:
+    slope < 0. NaN when all true ages are equal.
+    """
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    if y_true.size < 2 or np.ptp(y_true) == 0:
+        return {"slope": math.nan, "intercept": math.nan}
+    slope, intercept = np.polyfit(y_true, y_pred - y_true, deg=1)
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def calibration_bins(y_true, y_pred, n_bins: int = 10) -> pd.DataFrame:
+    """Mean true age against mean predicted age in `n_bins` equal-count bins of the prediction.
+
+    Columns: bin (0..), predicted_low, predicted_high (bin edges), mean_predicted, mean_true, n.
+    A calibrated model has mean_true ≈ mean_predicted in every bin.
+    """
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    # Equal-count bins keep every mean equally reliable; tied predictions merge bins (down to one).
+    edges = np.unique(np.quantile(y_pred, np.linspace(0, 1, n_bins + 1)))
+    edges = np.append(edges, edges[-1]) if edges.size == 1 else edges
+    bins = np.clip(np.searchsorted(edges, y_pred, side="right") - 1, 0, edges.size - 2)
+    table = (
+        pd.DataFrame({"bin": bins, "y_pred": y_pred, "y_true": y_true})
+        .groupby("bin")
+        .agg(mean_predicted=("y_pred", "mean"), mean_true=("y_true", "mean"), n=("y_true", "size"))
+        .reset_index()
+    )
+    table.insert(1, "predicted_low", edges[table["bin"].to_numpy()])
+    table.insert(2, "predicted_high", edges[table["bin"].to_numpy() + 1])
+    table["bin"] = np.arange(len(table))  # number the non-empty bins 0, 1, 2, ...
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The metrics file
+# ---------------------------------------------------------------------------------------------
+
+
+def git_commit(folder=None) -> str:
+    """HEAD of the checkout at `folder` (default: the project), '-dirty' if tracked files changed."""
+    folder = Path(folder or config.PROJECT_ROOT)
+
+    def git(*arguments):
+        # --no-optional-locks: only read, never refresh the index of a checkout others work in.
+        return subprocess.run(
+            ["git", "--no-optional-locks", *arguments],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if changes else "")
+
+
+def library_versions() -> dict:
+    """Versions of the libraries a result depends on, from package metadata (nothing is imported)."""
+    versions = {"python": platform.python_version()}
+    for library, distributions in LIBRARY_DISTRIBUTIONS.items():
+        versions[library] = None
+        for distribution in distributions:
+            try:
+                versions[library] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _pick(mapping: dict, keys: list, what: str) -> dict:
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise ValueError(f"{what} lacks {missing}; it needs {keys}")
+    return {key: mapping[key] for key in keys}
+
+
+def build_performance_metrics(
+    *,
+    parameters: dict,
+    dataset_name: str,
+    dataset_source: str,
+    split_counts: dict,
+    model_info: dict,
+    y_true,
+    y_pred,
+    male,
+    train_ages,
+    interval: tuple,
+    interval_method: str,
+    interval_nominal: float,
+    timing: dict,
+    groups_age_band=None,
+    baseline_pred=None,
+) -> dict:
+    """The performance_metrics.json object of a run (schema in this module's docstring).
+
+    `interval` is (low, high) on the test split; `interval_nominal` the nominal coverage as a
+    fraction (0.9). `groups_age_band` defaults to the band of the true age; `baseline_pred` are the
+    seed-study model's test predictions, if it was trained.
+    """
+    if not 0 < interval_nominal < 1:
+        raise ValueError(f"interval_nominal is the nominal coverage as a fraction (0.9), got {interval_nominal}")
+    unknown_splits = sorted(set(split_counts) - set(SPLIT_NAMES))
+    if unknown_splits:
+        raise ValueError(f"split_counts has unknown split(s) {unknown_splits}; known: {SPLIT_NAMES}")
+    splits = {name: int(count) for name, count in _pick(split_counts, SPLIT_NAMES, "split_counts").items()}
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    bands = age_band(y_true) if groups_age_band is None else np.asarray(groups_age_band, dtype=object).ravel()
+    low, high = interval
+    intervals = interval_metrics(y_true, low, high, groups=bands)
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "name": parameters.get("run_name"),
+            "preset": parameters.get("preset"),
+            "parameters": parameters,
+            "git_commit": git_commit(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "library_versions": library_versions(),
+        },
+        "dataset": {
+            "name": dataset_name,
+            "source": str(dataset_source),
+            "n_images": sum(splits.values()),
+            "splits": splits,
+        },
+        "model": _pick(model_info, MODEL_KEYS, "model_info"),
+        **regression_metrics(y_true, y_pred),
+        "baseline_mae_mean_predictor": baseline_mae_mean_predictor(train_ages, y_true),
+        "by_age_band": metrics_by_group(y_true, y_pred, bands),
+        "by_sex": metrics_by_group(y_true, y_pred, sex_label(male)),
+        "prediction_interval": {
+            "method": interval_method,
+            "nominal_pct": 100.0 * interval_nominal,
+            "coverage_pct": intervals["coverage_pct"],
+            "mean_width": intervals["mean_width"],
+            "by_age_band": intervals["by_group"],
+        },
+        "regression_to_mean": regression_to_mean(y_true, y_pred),
+        "seed_baseline": None,
+        "timing": _pick(timing, TIMING_KEYS, "timing"),
+    }
+    if baseline_pred is not None:
+        metrics["seed_baseline"] = {
+            **regression_metrics(y_true, baseline_pred),
+            "by_age_band": metrics_by_group(y_true, baseline_pred, bands),
+        }
+    return metrics
+
+
+def write_performance_metrics(path, metrics: dict) -> Path:
+    """Write the metrics atomically (a crash never leaves half a file); NaN becomes null."""
+    if metrics.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: metrics must have schema_version {SCHEMA_VERSION}, got {metrics.get('schema_version')!r}")
+    return write_json_atomic(path, metrics)
