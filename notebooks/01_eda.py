@@ -58,7 +58,6 @@ table.head()
 # %%
 figure = plots.age_distribution(table)
 plots.save_figure(figure, paths.figures / "age_distribution.png")
-figure
 
 # %% [markdown]
 # Counts, sex balance and median age per age band: a model is judged per band in stage 04, so
@@ -115,7 +114,6 @@ grid_images = np.stack(
 )
 figure = plots.image_grid(grid_images, grid_titles, ncols=6)
 plots.save_figure(figure, paths.figures / "sample_grid.png")
-figure
 
 # %% [markdown]
 # ## Data quality
@@ -143,4 +141,3 @@ if len(outliers):
         images[shown.index], [f"{row.id}: {row.quality_flag}" for row in shown.itertuples()], ncols=6
     )
     plots.save_figure(figure, paths.figures / "quality_outliers.png")
-    display(figure)

@@ -69,7 +69,6 @@ after = [preprocessing.preprocess_image(image, 128, pad_to_square=False, contras
 titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
 figure = plots.image_grid(np.stack(before + after), titles + [f"{title} (model input)" for title in titles], ncols=6)
 plots.save_figure(figure, paths.figures / "preprocessing_examples.png")
-figure
 
 # %% [markdown]
 # ## The cache
@@ -119,4 +118,3 @@ augmented = [first] + [
 ]
 figure = plots.image_grid(np.stack(augmented), ["original"] + [f"augmented {index}" for index in range(1, 6)], ncols=6)
 plots.save_figure(figure, paths.figures / "augmentation_preview.png")
-figure

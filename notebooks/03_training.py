@@ -122,4 +122,3 @@ write_json_atomic(
 baseline_history = training.read_history(paths.baseline_history) if baseline_summary else None
 figure = plots.learning_curves(training.read_history(paths.history), baseline_history)
 plots.save_figure(figure, paths.figures / "learning_curves.png")
-figure

@@ -163,7 +163,6 @@ figure = plots.predicted_vs_true(
 )
 plots.save_figure(figure, paths.figures / "predicted_vs_true.png")
 plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / "predicted_vs_true.html")
-figure
 
 # %% [markdown]
 # Predicted against true bone age on the test split; points on the diagonal are exact, the bars
@@ -173,7 +172,6 @@ figure
 # %%
 figure = plots.bland_altman(y_true, y_pred)
 plots.save_figure(figure, paths.figures / "bland_altman.png")
-figure
 
 # %% [markdown]
 # Bland-Altman: the difference (predicted − true) against the mean of the two; the dashed lines
@@ -182,7 +180,6 @@ figure
 # %%
 figure = plots.error_distribution(y_true, y_pred)
 plots.save_figure(figure, paths.figures / "error_distribution.png")
-figure
 
 # %% [markdown]
 # The distribution of signed errors; the guides mark ±6 and ±12 months.
@@ -190,7 +187,6 @@ figure
 # %%
 figure = plots.metrics_by_band(metrics["by_age_band"], metrics["seed_baseline"]["by_age_band"] if metrics["seed_baseline"] else None)
 plots.save_figure(figure, paths.figures / "metrics_by_band.png")
-figure
 
 # %% [markdown]
 # MAE per age band (test images per band annotated).
@@ -200,7 +196,6 @@ figure = plots.interval_coverage(
     {band: values["coverage_pct"] for band, values in interval["by_age_band"].items()}, interval["nominal_pct"]
 )
 plots.save_figure(figure, paths.figures / "interval_coverage.png")
-figure
 
 # %% [markdown]
 # Empirical coverage of the prediction intervals per age band, against the nominal level.

@@ -62,7 +62,6 @@ figure = plots.image_grid(
     ncols=6,
 )
 plots.save_figure(figure, paths.figures / "worst_cases.png")
-figure
 
 # %% [markdown]
 # ## Residuals by age and sex
@@ -72,7 +71,6 @@ figure = plots.residuals_by_age(
     predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy(), male=predictions["male"].to_numpy()
 )
 plots.save_figure(figure, paths.figures / "residuals_by_age.png")
-figure
 
 # %% [markdown]
 # The signed error (predicted − true) against true age, with its binned mean; a downward slope
@@ -91,7 +89,6 @@ display(by_sex["error"].agg(n="count", bias="mean", mae=lambda error: error.abs(
 bins = evaluation.calibration_bins(predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy())
 figure = plots.calibration_plot(bins)
 plots.save_figure(figure, paths.figures / "calibration.png")
-figure
 
 # %% [markdown]
 # Mean true age per bin of predicted age: on the diagonal, a predicted age means what it says.
@@ -123,4 +120,3 @@ gradcam_images = np.stack([image_by_id[identifier] for identifier in chosen["id"
 heatmaps = explain.grad_cam(bone_age_model, gradcam_images, chosen["male"].to_numpy(dtype="float32"))
 figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=6)
 plots.save_figure(figure, paths.figures / "gradcam.png")
-figure

@@ -25,9 +25,17 @@ def atomic_path(destination):
     temporary = Path(temporary)
     try:
         yield temporary
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_text_atomic(destination, text: str) -> Path:

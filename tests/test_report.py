@@ -1,0 +1,133 @@
+"""The PDF report renders a results folder: valid PDF, the numbers inside, clear errors."""
+
+import json
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from utils import plots, report
+
+BANDS = ["0-2 y", "2-5 y", "5-10 y", "10-15 y", "15-19 y"]
+
+
+def fake_metrics(dataset_name="rsna-bone-age-100", seed_baseline=True) -> dict:
+    """A performance_metrics.json following schema_version 1, with recognisable values."""
+    flat = {"n": 1593, "mae": 11.37, "rmse": 14.91, "mse": 222.3, "pearson_r": 0.947, "r2": 0.896,
+            "bias": -0.83, "within_6_pct": 34.1, "within_12_pct": 61.9, "within_18_pct": 79.4, "within_24_pct": 89.2}
+    by_band = {band: {"n": n, "mae": mae, "bias": 1.5, "within_12_pct": 60.0}
+               for band, n, mae in zip(BANDS, [1, 150, 500, 800, 142], [17.25, 10.5, 11.0, 11.9, 13.2])}
+    baseline = dict(flat, mae=14.56, rmse=18.2, by_age_band={band: {"n": 1, "mae": 16.0} for band in BANDS})
+    return {
+        "schema_version": 1,
+        "run": {"name": "rsna100", "preset": "rsna100", "git_commit": "0123456789abcdef",
+                "created_utc": "2025-11-26T20:30:00+00:00",
+                "library_versions": {"tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6"},
+                "parameters": {"dataset": "../shared/data/rsna-bone-age-100", "image_size": 96,
+                               "pad_to_square": False, "contrast": "clahe", "epochs": 60, "batch_size": 32,
+                               "learning_rate": 0.001, "patience": 10, "augment": True, "seed": 42,
+                               "split_fractions": {"train": 0.7, "validation": 0.1, "calibration": 0.05,
+                                                   "test": 0.15}}},
+        "dataset": {"name": dataset_name, "source": f"../shared/data/{dataset_name}", "n_images": 10617,
+                    "splits": {"train": 7431, "validation": 1062, "calibration": 531, "test": 1593}},
+        "model": {"architecture": "ours", "parameters_count": 1234567, "image_size": 96,
+                  "path": "models/rsna100/bone_age.keras"},
+        **flat,
+        "baseline_mae_mean_predictor": 33.52,
+        "by_age_band": by_band,
+        "by_sex": {"female": {"n": 730, "mae": 11.1, "bias": -0.5, "within_12_pct": 63.0},
+                   "male": {"n": 863, "mae": 11.6, "bias": -1.1, "within_12_pct": 60.9}},
+        "prediction_interval": {"method": "split conformal, absolute residual", "nominal_pct": 90.0,
+                                "coverage_pct": 89.64, "mean_width": 46.8,
+                                "by_age_band": {band: {"n": 10, "coverage_pct": 87.5, "mean_width": 40.0}
+                                                for band in BANDS}},
+        "regression_to_mean": {"slope": -0.061, "intercept": 6.4},
+        "seed_baseline": baseline if seed_baseline else None,
+        "timing": {"training_seconds": 1800.0, "training_images_per_second": 210.0,
+                   "inference_images_per_second": 900.0, "inference_seconds_single_image": 0.021},
+    }
+
+
+def make_results(folder, metrics, figures=("bland_altman.png", "metrics_by_band.png", "extra_plot.png")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "performance_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    y_true = np.linspace(0, 228, 60)
+    for index, name in enumerate(figures):
+        figure = plots.bland_altman(y_true, y_true + index * np.sin(y_true))  # distinct images
+        plots.save_figure(figure, folder / "figures" / name, dpi=40)
+        plt.close(figure)
+    return folder
+
+
+def page_count(pdf: bytes) -> int:
+    return len(re.findall(rb"/Type /Page\b", pdf))
+
+
+def pdf_text(pdf: bytes) -> bytes:
+    """The strings drawn on the pages of an uncompressed PDF, one line after the other."""
+    return b" ".join(re.findall(rb"\((.*?)(?<!\\)\) Tj", pdf))
+
+
+def test_report_is_a_pdf_holding_the_metrics(tmp_path):
+    results = make_results(tmp_path / "run", fake_metrics())
+    output = report.build_report(results, tmp_path / "out" / "Report.pdf", compress=False)
+    pdf = output.read_bytes()
+    text = pdf_text(pdf)
+    assert pdf.startswith(b"%PDF") and pdf.rstrip().endswith(b"%%EOF")
+    assert page_count(pdf) >= 3  # text pages, then a page break before the figures
+    for value in [b"11.37", b"14.91", b"-0.83", b"0.947", b"0.896", b"61.9", b"89.2",  # ours
+                 b"14.56", b"33.52", b"89.6", b"46.8",  # seed baseline, mean predictor, intervals
+                 b"17.25", b"1,593", b"rsna100", b"0123456789abcdef", b"tensorflow 2.21.0"]:
+        assert value in text, value
+    assert b"Page 3" in text
+    assert b"100 x 100 pixel thumbnails" in text and b"not a medical device" in text
+    assert list((tmp_path / "out").iterdir()) == [output]  # no temporary left
+
+
+def test_figures_in_fixed_order_then_unknown_ones_by_file_name(tmp_path):
+    results = make_results(tmp_path / "run", fake_metrics())
+    pdf = report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes()
+    band = pdf.index(b"Mean absolute error per bone-age band")
+    bland = pdf.index(b"Bland-Altman plot")
+    extra = pdf.index(b"extra_plot.png")
+    assert bland < band < extra
+    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 3  # images drawn on the pages
+
+
+def test_missing_seed_baseline_shows_dashes_and_synthetic_limitation(tmp_path):
+    metrics = fake_metrics(dataset_name="synthetic", seed_baseline=False)
+    results = make_results(tmp_path / "run", metrics, figures=())
+    pdf = report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes()
+    text = pdf_text(pdf)
+    assert b"not evidence about accuracy on real radiographs" in text
+    assert b"thumbnails" not in text
+    assert b"Seed baseline MAE" not in text  # the all-empty column is dropped from the band table
+    assert not re.findall(rb"/FormXob\.\w+ Do", pdf)
+
+
+def test_compressed_report_is_smaller_and_valid(tmp_path):
+    results = make_results(tmp_path / "run", fake_metrics(), figures=())
+    compressed = report.build_report(results, tmp_path / "a.pdf").read_bytes()
+    plain = report.build_report(results, tmp_path / "b.pdf", compress=False).read_bytes()
+    assert compressed.startswith(b"%PDF") and len(compressed) < len(plain)
+    assert b"11.37" not in compressed
+
+
+def test_missing_metrics_file_names_the_path(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "performance_metrics.json"))):
+        report.build_report(tmp_path, tmp_path / "Report.pdf")
+    assert not (tmp_path / "Report.pdf").exists()
+
+
+def test_wrong_schema_version_is_refused(tmp_path):
+    (tmp_path / "performance_metrics.json").write_text(json.dumps({"schema_version": 2}), encoding="utf-8")
+    with pytest.raises(ValueError, match="expected schema_version 1, found 2"):
+        report.build_report(tmp_path, tmp_path / "Report.pdf")
+
+
+def test_command_line_writes_report_in_results_folder(tmp_path, capsys):
+    results = make_results(tmp_path / "run", fake_metrics(), figures=())
+    output = report.main([str(results)])
+    assert output == results / "Report.pdf" and output.read_bytes().startswith(b"%PDF")
+    assert str(output) in capsys.readouterr().out
