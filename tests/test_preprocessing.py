@@ -1,0 +1,383 @@
+"""Decoding of every image kind, preprocessing, and the .npy cache of utils.preprocessing."""
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from utils import config, preprocessing
+from utils.preprocessing import ImageError, load_images, preprocess_image, preprocess_paths, read_grayscale
+
+SHARED_DATA = config.PROJECT_ROOT.parent / "shared" / "data"
+
+
+def square_on_background(background, square, dtype=np.uint8, shape=(40, 60)):
+    """A wide image of `background` with a `square` block in its top-left quarter: orientation shows."""
+    image = np.full(shape, background, dtype=dtype)
+    image[5:15, 5:15] = square
+    return image
+
+
+def assert_bright_square(gray, shape=(40, 60)):
+    assert gray.dtype == np.uint8 and gray.shape == shape
+    assert gray[5:15, 5:15].min() == 255
+    assert gray[20:, 20:].max() == 0
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", rescale=None):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=12)
+    if rescale is not None:
+        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+# --- read_grayscale: every image kind -------------------------------------------------------------
+
+
+def test_8bit_png_is_read_unchanged(tmp_path):
+    image = square_on_background(30, 200)
+    cv2.imwrite(str(tmp_path / "gray.png"), image)
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "gray.png"), image)
+
+
+def test_16bit_png_is_windowed_to_8bit(tmp_path):
+    cv2.imwrite(str(tmp_path / "gray16.png"), square_on_background(1000, 60000, np.uint16))
+    assert_bright_square(read_grayscale(tmp_path / "gray16.png"))
+
+
+def test_16bit_window_ignores_a_few_hot_pixels(tmp_path):
+    image = square_on_background(1000, 4000, np.uint16)
+    image[-1, -3:] = 65535  # dead detector elements must not squeeze the hand into a few gray levels
+    cv2.imwrite(str(tmp_path / "hot.png"), image)
+    gray = read_grayscale(tmp_path / "hot.png")
+    assert gray[5:15, 5:15].min() == 255 and gray[20:30, 20:30].max() == 0
+
+
+def test_12bit_values_in_16bit_png_use_the_full_range(tmp_path):
+    image = np.tile(np.linspace(0, 4095, 60).astype(np.uint16), (40, 1))
+    cv2.imwrite(str(tmp_path / "gray12.png"), image)
+    gray = read_grayscale(tmp_path / "gray12.png")
+    assert gray[:, 0].max() == 0 and gray[:, -1].min() == 255
+    assert np.all(np.diff(gray[0].astype(int)) >= 0)
+
+
+def test_colour_png_becomes_gray(tmp_path):
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[5:15, 5:15] = 255
+    image[30:35, 40:45] = (0, 0, 255)  # pure red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "colour.png"), image)
+    gray = read_grayscale(tmp_path / "colour.png")
+    assert gray.shape == (40, 60) and gray[5:15, 5:15].min() == 255
+    # ITU-R 601 luma of red is 0.299 * 255; blue would give 29: the channel order is right.
+    assert gray[32, 42] == 76
+
+
+def test_rgba_png_is_composited_over_black(tmp_path):
+    image = np.full((40, 60, 4), 255, np.uint8)
+    image[..., 3] = 0  # a white but fully transparent background
+    image[5:15, 5:15] = (200, 200, 200, 255)
+    image[20:30, 30:40] = (200, 200, 200, 128)
+    cv2.imwrite(str(tmp_path / "rgba.png"), image)
+    gray = read_grayscale(tmp_path / "rgba.png")
+    assert gray.shape == (40, 60)
+    assert gray[5:15, 5:15].min() == 200
+    assert gray[0, -1] == 0
+    assert gray[25, 35] == 100
+
+
+def test_palette_png_is_expanded(tmp_path):
+    image = square_on_background(30, 200)
+    Image.fromarray(image).convert("P").save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "palette.png"), image)
+
+
+def test_jpeg_keeps_orientation(tmp_path):
+    cv2.imwrite(str(tmp_path / "hand.jpg"), square_on_background(0, 255))
+    gray = read_grayscale(tmp_path / "hand.jpg")
+    assert gray.shape == (40, 60)
+    assert gray[7:13, 7:13].min() > 230 and gray[20:, 20:].max() < 25
+
+
+def test_real_palette_png_matches_pillow():
+    path = SHARED_DATA / "rsna-fullres-sample" / "boneage-training-dataset" / "1578.png"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    expected = np.asarray(Image.open(path).convert("L"))
+    np.testing.assert_array_equal(read_grayscale(path), expected)
+
+
+def test_dicom_monochrome2(tmp_path):
+    write_dicom(tmp_path / "image.dcm", square_on_background(500, 3000, np.uint16))
+    assert_bright_square(read_grayscale(tmp_path / "image.dcm"))
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    # MONOCHROME1 displays high stored values as dark: the square must come out dark.
+    write_dicom(tmp_path / "image.dcm", square_on_background(3000, 500, np.uint16), photometric="MONOCHROME1")
+    assert_bright_square(read_grayscale(tmp_path / "image.dcm"))
+
+
+def test_dicom_rescale_slope_and_intercept_are_applied(tmp_path):
+    # A negative slope turns the stored dark square into the dense (bright) one.
+    write_dicom(tmp_path / "image.dcm", square_on_background(3000, 500, np.uint16), rescale=(-1, 4095))
+    assert_bright_square(read_grayscale(tmp_path / "image.dcm"))
+
+
+def test_dicom_is_recognised_by_its_magic_without_suffix(tmp_path):
+    path = write_dicom(tmp_path / "IM0001", square_on_background(500, 3000, np.uint16))
+    assert_bright_square(read_grayscale(path))
+
+
+# --- read_grayscale: errors name the file ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n this is not the rest of a png", "cannot be decoded"),
+        ("notes.png", b"bone age notes, not pixels", "cannot be decoded"),
+        ("empty.png", b"", "empty"),
+        ("broken.dcm", b"\x00" * 128 + b"DICM" + b"\x01\x02\x03", "cannot be decoded as DICOM"),
+    ],
+)
+def test_unreadable_file_is_named(tmp_path, name, content, problem):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ImageError, match=problem) as caught:
+        read_grayscale(tmp_path / name)
+    assert name in str(caught.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ImageError, match="missing.png: does not exist"):
+        read_grayscale(tmp_path / "missing.png")
+
+
+# --- preprocess_image --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contrast", ["clahe", "percentile", "none"])
+@pytest.mark.parametrize("pad_to_square", [True, False])
+def test_preprocess_shape_dtype_and_determinism(contrast, pad_to_square):
+    image = np.random.default_rng(0).integers(0, 120, size=(90, 50), dtype=np.uint8)
+    first = preprocess_image(image, 32, pad_to_square=pad_to_square, contrast=contrast)
+    second = preprocess_image(image.copy(), 32, pad_to_square=pad_to_square, contrast=contrast)
+    assert first.dtype == np.uint8 and first.shape == (32, 32)
+    np.testing.assert_array_equal(first, second)
+
+
+def wide_rectangle_aspect(output):
+    rows, columns = np.nonzero(output > 127)
+    return (columns.max() - columns.min() + 1) / (rows.max() - rows.min() + 1)
+
+
+def test_pad_keeps_the_aspect_ratio_and_stretch_does_not():
+    image = np.zeros((100, 200), np.uint8)
+    image[30:70, 20:180] = 255  # 160 x 40: aspect 4
+    padded = preprocess_image(image, 64, pad_to_square=True, contrast="none")
+    stretched = preprocess_image(image, 64, pad_to_square=False, contrast="none")
+    assert wide_rectangle_aspect(padded) == pytest.approx(4, rel=0.1)
+    assert wide_rectangle_aspect(stretched) == pytest.approx(2, rel=0.1)
+
+
+def test_pad_uses_the_background_level():
+    image = np.full((50, 100), 90, np.uint8)
+    image[20:30, 40:60] = 250
+    padded = preprocess_image(image, 20, pad_to_square=True, contrast="none")
+    assert np.all(padded[:4] == 90) and np.all(padded[-4:] == 90)
+    assert padded[10, 10] == 250
+
+
+def test_percentile_contrast_stretches_to_full_range():
+    image = np.tile(np.linspace(100, 120, 64).astype(np.uint8), (64, 1))
+    output = preprocess_image(image, 64, contrast="percentile")
+    assert output.min() == 0 and output.max() == 255
+
+
+def test_clahe_raises_local_contrast():
+    image = np.random.default_rng(1).integers(100, 110, size=(64, 64), dtype=np.uint8)
+    output = preprocess_image(image, 64, contrast="clahe")
+    assert output.std() > 2 * image.std()
+
+
+def test_unknown_contrast_lists_the_options():
+    with pytest.raises(ValueError, match="clahe, percentile, none"):
+        preprocess_image(np.zeros((8, 8), np.uint8), 8, contrast="histogram")
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 5), np.uint8), np.zeros((8, 8), np.float32), np.zeros((8, 8, 3), np.uint8)])
+def test_preprocess_refuses_what_read_grayscale_never_returns(image):
+    with pytest.raises(ValueError, match="2-D uint8"):
+        preprocess_image(image, 8)
+
+
+# --- preprocess_paths ------------------------------------------------------------------------------
+
+
+def write_images(folder, count):
+    paths = []
+    for index in range(count):
+        image = square_on_background(10 * index, 250, shape=(30 + index, 40))
+        paths.append(folder / f"{index}.png")
+        cv2.imwrite(str(paths[-1]), image)
+    return paths
+
+
+def test_preprocess_paths_keeps_order(tmp_path):
+    paths = write_images(tmp_path, 6)
+    images = preprocess_paths(paths, 16, pad_to_square=True, contrast="clahe", progress=False)
+    assert images.dtype == np.uint8 and images.shape == (6, 16, 16)
+    for path, image in zip(paths, images):
+        np.testing.assert_array_equal(image, preprocess_image(read_grayscale(path), 16, contrast="clahe"))
+
+
+def test_preprocess_paths_names_the_bad_file(tmp_path):
+    paths = write_images(tmp_path, 4)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="bad.png"):
+        preprocess_paths([*paths, tmp_path / "bad.png"], 16, pad_to_square=True, contrast="none", progress=False)
+
+
+def test_first_error_stops_the_remaining_work(tmp_path, monkeypatch):
+    (good,) = write_images(tmp_path, 1)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    calls = []
+    original = preprocessing.read_grayscale
+
+    def slow_read_grayscale(path):
+        calls.append(path)
+        time.sleep(0.01)
+        return original(path)
+
+    monkeypatch.setattr(preprocessing, "read_grayscale", slow_read_grayscale)
+    with pytest.raises(ImageError, match="bad.png"):
+        preprocess_paths([tmp_path / "bad.png", *[good] * 300], 8, pad_to_square=True, contrast="none", progress=False)
+    assert len(calls) < 100  # 301 if the queued files were decoded after the error
+
+
+def test_progress_bar_can_be_switched_off(tmp_path, capsys):
+    paths = write_images(tmp_path, 2)
+    preprocess_paths(paths, 8, pad_to_square=True, contrast="none", progress=False)
+    assert capsys.readouterr().err == ""
+    preprocess_paths(paths, 8, pad_to_square=True, contrast="none", progress=True)
+    assert "preprocessing images" in capsys.readouterr().err
+
+
+# --- load_images: the cache ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def decode_count(monkeypatch):
+    """Counts calls of the decoder, which load_images must skip on a cache hit."""
+    calls = []
+    original = preprocessing.read_grayscale
+
+    def counting_read_grayscale(path):
+        calls.append(path)
+        return original(path)
+
+    monkeypatch.setattr(preprocessing, "read_grayscale", counting_read_grayscale)
+    return calls
+
+
+def test_cache_hit_does_not_decode(tmp_path, decode_count, monkeypatch):
+    table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 5)]})
+    cache_dir = tmp_path / "cache"
+    first = load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=cache_dir, progress=False)
+    assert len(decode_count) == 5
+
+    def refuse(path):
+        raise AssertionError(f"decoded {path} despite the cache")
+
+    monkeypatch.setattr(preprocessing, "read_grayscale", refuse)
+    second = load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=cache_dir, progress=False)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_cache_rows_follow_the_table(tmp_path):
+    paths = write_images(tmp_path, 4)
+    table = pd.DataFrame({"path": [str(path) for path in reversed(paths)]}, index=[7, 3, 9, 1])
+    images = load_images(table, 16, pad_to_square=False, contrast="none", cache_dir=tmp_path / "cache", progress=False)
+    for path, image in zip(table["path"], images):
+        np.testing.assert_array_equal(image, preprocess_image(read_grayscale(path), 16, pad_to_square=False, contrast="none"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"image_size": 20}, {"pad_to_square": False}, {"contrast": "percentile"}],
+)
+def test_parameter_change_recomputes(tmp_path, decode_count, change):
+    table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})
+    parameters = {"image_size": 16, "pad_to_square": True, "contrast": "clahe"}
+    load_images(table, cache_dir=tmp_path / "cache", progress=False, **parameters)
+    changed = load_images(table, cache_dir=tmp_path / "cache", progress=False, **{**parameters, **change})
+    assert len(decode_count) == 6
+    assert changed.shape[1] == change.get("image_size", 16)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_changed_file_recomputes(tmp_path, decode_count):
+    paths = write_images(tmp_path, 3)
+    table = pd.DataFrame({"path": [str(path) for path in paths]})
+    parameters = {"image_size": 16, "pad_to_square": False, "contrast": "none", "progress": False}
+    before = load_images(table, cache_dir=tmp_path / "cache", **parameters)
+    cv2.imwrite(str(paths[1]), np.full((30, 40), 255, np.uint8))
+    after = load_images(table, cache_dir=tmp_path / "cache", **parameters)
+    assert len(decode_count) == 6
+    assert np.all(after[1] == 255) and not np.array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+
+
+def test_cache_files_are_complete_and_described(tmp_path):
+    table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})
+    cache_dir = tmp_path / "cache"
+    load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=cache_dir, progress=False)
+    (npy,) = cache_dir.glob("*.npy")
+    description = json.loads(npy.with_suffix(".json").read_text())
+    assert description["image_size"] == 16 and description["contrast"] == "clahe"
+    assert description["n_images"] == 3 and description["key_sha256"].startswith(npy.stem.split("-")[-1])
+    assert sorted(path.name for path in cache_dir.iterdir()) == sorted([npy.name, npy.with_suffix(".json").name])
+
+
+def test_failed_run_leaves_no_cache_or_temporary_files(tmp_path):
+    paths = write_images(tmp_path, 3)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    table = pd.DataFrame({"path": [str(path) for path in [*paths, tmp_path / "bad.png"]]})
+    with pytest.raises(ImageError, match="bad.png"):
+        load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_interrupted_cache_write_leaves_nothing(tmp_path, monkeypatch):
+    table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})
+    cache_dir = tmp_path / "cache"
+
+    def save_half_then_fail(path, array):
+        Path(path).write_bytes(b"\x93NUMPY half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(preprocessing.np, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=cache_dir, progress=False)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_missing_file_in_table_is_named(tmp_path):
+    table = pd.DataFrame({"path": [str(tmp_path / "gone.png")]})
+    with pytest.raises(ImageError, match="gone.png: does not exist"):
+        load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=tmp_path / "cache", progress=False)
