@@ -57,7 +57,7 @@ table.head()
 
 # %%
 figure = plots.age_distribution(table)
-plots.save_figure(figure, paths.figures / "age_distribution.png")
+plots.save_figure(figure, paths.figures / "age_distribution.png");
 
 # %% [markdown]
 # Counts, sex balance and median age per age band: a model is judged per band in stage 04, so
@@ -113,7 +113,7 @@ grid_images = np.stack(
     ]
 )
 figure = plots.image_grid(grid_images, grid_titles, ncols=6)
-plots.save_figure(figure, paths.figures / "sample_grid.png")
+plots.save_figure(figure, paths.figures / "sample_grid.png");
 
 # %% [markdown]
 # ## Data quality

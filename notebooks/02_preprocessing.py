@@ -68,7 +68,7 @@ after = [
 after = [preprocessing.preprocess_image(image, 128, pad_to_square=False, contrast="none") for image in after]
 titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
 figure = plots.image_grid(np.stack(before + after), titles + [f"{title} (model input)" for title in titles], ncols=6)
-plots.save_figure(figure, paths.figures / "preprocessing_examples.png")
+plots.save_figure(figure, paths.figures / "preprocessing_examples.png");
 
 # %% [markdown]
 # ## The cache
@@ -110,11 +110,14 @@ summary.round(1)
 # brightness and contrast); at validation and test time the model sees the image unchanged.
 
 # %%
-augmentation = model.build_augmentation(parameters["image_size"], seed=parameters["seed"])
+preview_model = model.build_model(
+    parameters["image_size"], architecture=parameters["architecture"], target_mean=0.0, target_std=1.0
+)
+augmentation = model.augmentation_pipeline(preview_model)
 first = images[table.index[table["split"] == "train"][0]]
 augmented = [first] + [
     np.clip(augmentation(first[None, :, :, None].astype("float32"), training=True)[0, :, :, 0], 0, 255).astype("uint8")
     for _ in range(5)
 ]
 figure = plots.image_grid(np.stack(augmented), ["original"] + [f"augmented {index}" for index in range(1, 6)], ncols=6)
-plots.save_figure(figure, paths.figures / "augmentation_preview.png")
+plots.save_figure(figure, paths.figures / "augmentation_preview.png");

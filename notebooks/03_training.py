@@ -33,8 +33,9 @@ preset = os.environ.get("BONE_AGE_PRESET", "demo")
 overrides = {}
 
 # %%
+import json
+
 import keras
-import pandas as pd
 
 from utils import config, model, plots, study, training
 from utils.files import write_json_atomic
@@ -92,7 +93,7 @@ def fit(architecture, built_model, checkpoint_name, history_path):
 summary = fit(parameters["architecture"], bone_age_model, "ours", paths.history)
 bone_age_model.save(paths.model)
 print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_mae']:.2f} months · "
-      f"{summary['training_seconds'] / 60:.1f} min · {summary['training_images_per_second']:.0f} images/s")
+      f"{summary['training_seconds'] / 60:.1f} min · {summary['train_images_per_second']:.0f} images/s")
 
 # %% [markdown]
 # ## The seed study's model, same split, same budget
@@ -119,6 +120,6 @@ write_json_atomic(
 # images; the marker is the epoch kept.
 
 # %%
-baseline_history = training.read_history(paths.baseline_history) if baseline_summary else None
-figure = plots.learning_curves(training.read_history(paths.history), baseline_history)
-plots.save_figure(figure, paths.figures / "learning_curves.png")
+baseline_history = json.loads(paths.baseline_history.read_text()) if baseline_summary else None
+figure = plots.learning_curves(json.loads(paths.history.read_text()), baseline_history)
+plots.save_figure(figure, paths.figures / "learning_curves.png");

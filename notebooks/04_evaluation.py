@@ -129,9 +129,9 @@ metrics = evaluation.build_performance_metrics(
     baseline_pred=baseline_pred,
     timing={
         "training_seconds": training_summary["ours"]["training_seconds"],
-        "training_images_per_second": training_summary["ours"]["training_images_per_second"],
-        "inference_images_per_second": speed["images_per_second"],
-        "inference_seconds_single_image": speed["seconds_single_image"],
+        "training_images_per_second": training_summary["ours"]["train_images_per_second"],
+        "inference_images_per_second": speed["batch_images_per_second"],
+        "inference_seconds_single_image": speed["single_image_seconds"],
     },
 )
 evaluation.write_performance_metrics(paths.metrics, metrics)
@@ -161,8 +161,8 @@ figure = plots.predicted_vs_true(
     y_true, y_pred, low=test_table["boneage_low"].to_numpy(), high=test_table["boneage_high"].to_numpy(),
     baseline_pred=baseline_pred,
 )
-plots.save_figure(figure, paths.figures / "predicted_vs_true.png")
-plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / "predicted_vs_true.html")
+plots.save_figure(figure, paths.figures / "predicted_vs_true.png");
+plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / "predicted_vs_true.html");
 
 # %% [markdown]
 # Predicted against true bone age on the test split; points on the diagonal are exact, the bars
@@ -171,7 +171,7 @@ plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures
 
 # %%
 figure = plots.bland_altman(y_true, y_pred)
-plots.save_figure(figure, paths.figures / "bland_altman.png")
+plots.save_figure(figure, paths.figures / "bland_altman.png");
 
 # %% [markdown]
 # Bland-Altman: the difference (predicted − true) against the mean of the two; the dashed lines
@@ -179,14 +179,14 @@ plots.save_figure(figure, paths.figures / "bland_altman.png")
 
 # %%
 figure = plots.error_distribution(y_true, y_pred)
-plots.save_figure(figure, paths.figures / "error_distribution.png")
+plots.save_figure(figure, paths.figures / "error_distribution.png");
 
 # %% [markdown]
 # The distribution of signed errors; the guides mark ±6 and ±12 months.
 
 # %%
 figure = plots.metrics_by_band(metrics["by_age_band"], metrics["seed_baseline"]["by_age_band"] if metrics["seed_baseline"] else None)
-plots.save_figure(figure, paths.figures / "metrics_by_band.png")
+plots.save_figure(figure, paths.figures / "metrics_by_band.png");
 
 # %% [markdown]
 # MAE per age band (test images per band annotated).
@@ -195,7 +195,7 @@ plots.save_figure(figure, paths.figures / "metrics_by_band.png")
 figure = plots.interval_coverage(
     {band: values["coverage_pct"] for band, values in interval["by_age_band"].items()}, interval["nominal_pct"]
 )
-plots.save_figure(figure, paths.figures / "interval_coverage.png")
+plots.save_figure(figure, paths.figures / "interval_coverage.png");
 
 # %% [markdown]
 # Empirical coverage of the prediction intervals per age band, against the nominal level.

@@ -61,7 +61,7 @@ figure = plots.image_grid(
     [f"true {row.boneage:.0f} · pred {row.boneage_pred:.0f} mo ({'M' if row.male else 'F'})" for row in worst.itertuples()],
     ncols=6,
 )
-plots.save_figure(figure, paths.figures / "worst_cases.png")
+plots.save_figure(figure, paths.figures / "worst_cases.png");
 
 # %% [markdown]
 # ## Residuals by age and sex
@@ -70,7 +70,7 @@ plots.save_figure(figure, paths.figures / "worst_cases.png")
 figure = plots.residuals_by_age(
     predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy(), male=predictions["male"].to_numpy()
 )
-plots.save_figure(figure, paths.figures / "residuals_by_age.png")
+plots.save_figure(figure, paths.figures / "residuals_by_age.png");
 
 # %% [markdown]
 # The signed error (predicted − true) against true age, with its binned mean; a downward slope
@@ -88,7 +88,7 @@ display(by_sex["error"].agg(n="count", bias="mean", mae=lambda error: error.abs(
 # %%
 bins = evaluation.calibration_bins(predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy())
 figure = plots.calibration_plot(bins)
-plots.save_figure(figure, paths.figures / "calibration.png")
+plots.save_figure(figure, paths.figures / "calibration.png");
 
 # %% [markdown]
 # Mean true age per bin of predicted age: on the diagonal, a predicted age means what it says.
@@ -119,4 +119,4 @@ chosen = pd.DataFrame(chosen)
 gradcam_images = np.stack([image_by_id[identifier] for identifier in chosen["id"]])
 heatmaps = explain.grad_cam(bone_age_model, gradcam_images, chosen["male"].to_numpy(dtype="float32"))
 figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=6)
-plots.save_figure(figure, paths.figures / "gradcam.png")
+plots.save_figure(figure, paths.figures / "gradcam.png");

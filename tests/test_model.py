@@ -1,0 +1,128 @@
+"""utils.model: inputs/outputs, months output, augmentation only in training, seed baseline, weights transfer."""
+
+import keras
+import numpy as np
+import pytest
+
+from utils.model import (
+    LAST_CONV_LAYER,
+    build_model,
+    load_initial_weights,
+    measure_inference_speed,
+    predict_months,
+)
+
+SIZE = 32
+TINY = {"widths": (4, 8), "dense_units": 8}
+
+
+def tiny_model(**options):
+    keras.utils.set_random_seed(0)
+    return build_model(SIZE, target_mean=100.0, target_std=40.0, **{**TINY, **options})
+
+
+def random_inputs(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8), rng.integers(0, 2, n).astype(np.float32)
+
+
+def test_inputs_outputs_and_last_conv():
+    model = tiny_model()
+    assert set(model.input) == {"image", "male"}
+    assert tuple(model.input["image"].shape) == (None, SIZE, SIZE, 1)
+    assert tuple(model.input["male"].shape) == (None, 1)
+    assert tuple(model.output.shape) == (None, 1)
+    assert len(model.get_layer(LAST_CONV_LAYER).output.shape) == 4
+
+
+def test_output_is_destandardised_months():
+    model = tiny_model()
+    # Zero the standardised prediction: the model must then answer the target mean in months.
+    dense = model.get_layer("standardised_age")
+    dense.set_weights([np.zeros_like(weight) for weight in dense.get_weights()])
+    images, male = random_inputs()
+    np.testing.assert_allclose(predict_months(model, images, male), 100.0, atol=1e-4)
+    dense.set_weights([np.zeros_like(dense.get_weights()[0]), np.ones(1)])
+    np.testing.assert_allclose(predict_months(model, images, male), 140.0, atol=1e-3)
+
+
+def test_augmentation_inactive_at_inference_and_active_in_training():
+    model = tiny_model()
+    images, male = random_inputs()
+    first, second = predict_months(model, images, male), predict_months(model, images, male)
+    np.testing.assert_array_equal(first, second)
+    inputs = {"image": images[..., None].astype("float32"), "male": male[:, None]}
+    training_a = keras.ops.convert_to_numpy(model(inputs, training=True))
+    training_b = keras.ops.convert_to_numpy(model(inputs, training=True))
+    assert not np.allclose(training_a, training_b)
+
+
+def test_sex_changes_the_prediction_of_ours_but_not_of_the_seed_baseline():
+    images, _ = random_inputs()
+    ours = tiny_model()
+    ours.get_layer("head_dense").set_weights([np.ones_like(w) for w in ours.get_layer("head_dense").get_weights()])
+    assert not np.allclose(predict_months(ours, images, np.zeros(6)), predict_months(ours, images, np.ones(6)))
+    seed = build_model(SIZE, architecture="seed_baseline", target_mean=100.0, target_std=40.0, widths=(4, 8))
+    np.testing.assert_array_equal(predict_months(seed, images, np.zeros(6)), predict_months(seed, images, np.ones(6)))
+
+
+def test_seed_baseline_has_the_seed_study_layers():
+    model = build_model(48, architecture="seed_baseline", target_mean=120.0, target_std=40.0)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 4
+    assert kinds.count("BatchNormalization") == kinds.count("MaxPooling2D") == kinds.count("Dropout") == 4
+    assert "GlobalAveragePooling2D" in kinds
+    dense_units = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense_units == [512, 256, 128, 1]
+    assert model.get_layer("standardised_age").activation.__name__ == "linear"
+    assert {"augment_rotation", "augment_shift", "augment_zoom", "augment_flip"} <= {layer.name for layer in model.layers}
+    assert model.get_layer(LAST_CONV_LAYER).filters == 256
+
+
+def test_unknown_architecture_and_option_are_refused():
+    with pytest.raises(ValueError, match="architecture"):
+        build_model(SIZE, architecture="resnet", target_mean=0.0, target_std=1.0)
+    with pytest.raises(ValueError, match="widht"):
+        build_model(SIZE, target_mean=0.0, target_std=1.0, widht=(4,))
+
+
+def test_tta_returns_one_prediction_per_image():
+    model = tiny_model()
+    images, male = random_inputs()
+    predicted = predict_months(model, images, male, tta=True)
+    assert predicted.shape == (6,) and np.all(np.isfinite(predicted))
+
+
+def test_measure_inference_speed_reports_rates():
+    speed = measure_inference_speed(tiny_model(), SIZE, n=64, batch_size=32, repeats=3)
+    assert speed["batch_images_per_second"] > 0 and 0 < speed["single_image_seconds"] < 5
+
+
+@pytest.mark.parametrize("file_name", ["source.keras", "source.weights.h5"])
+def test_load_initial_weights_copies_matching_layers(tmp_path, file_name):
+    source = tiny_model()
+    source.get_layer("head_dense").set_weights([w + 1.0 for w in source.get_layer("head_dense").get_weights()])
+    path = tmp_path / file_name
+    source.save(path) if file_name.endswith(".keras") else source.save_weights(path)
+    keras.utils.set_random_seed(1)
+    target = build_model(SIZE, target_mean=100.0, target_std=40.0, **TINY)
+    report = load_initial_weights(target, path)
+    assert "head_dense" in report["loaded"] and LAST_CONV_LAYER + "_conv" in report["loaded"]
+    for layer in source.layers:
+        for expected, found in zip(layer.get_weights(), target.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(expected, found)
+
+
+def test_load_initial_weights_skips_mismatched_shapes(tmp_path):
+    source = tiny_model()
+    source.save(tmp_path / "source.keras")
+    wider = build_model(SIZE, target_mean=100.0, target_std=40.0, widths=(4, 16), dense_units=8)
+    report = load_initial_weights(wider, tmp_path / "source.keras")
+    assert "stem_conv" in report["loaded"]
+    assert "shapes differ" in report["skipped"][LAST_CONV_LAYER + "_conv"]
+
+
+def test_load_initial_weights_refuses_other_files(tmp_path):
+    (tmp_path / "weights.txt").write_text("no")
+    with pytest.raises(ValueError, match="weights.txt"):
+        load_initial_weights(tiny_model(), tmp_path / "weights.txt")

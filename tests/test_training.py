@@ -1,0 +1,148 @@
+"""utils.training: history JSON, best checkpoint, resume after an interruption, time budget, fine-tuning."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from utils.model import build_model, load_initial_weights, predict_months
+from utils.training import make_dataset, train_model
+
+SIZE = 32
+TINY = {"widths": (4, 8), "dense_units": 8}
+
+
+def tiny_data(n, seed):
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(0, 228, n).astype(np.float32)
+    # Brightness grows with age so that there is something to learn.
+    images = np.clip(rng.normal(age[:, None, None] * 0.8, 20, (n, SIZE, SIZE)), 0, 255).astype(np.uint8)
+    return images, rng.integers(0, 2, n).astype(bool), age
+
+
+TRAIN, VALIDATION = tiny_data(64, 0), tiny_data(32, 1)
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return build_model(SIZE, target_mean=114.0, target_std=65.0, **TINY)
+
+
+def fit(model, tmp_path, **overrides):
+    arguments = dict(
+        checkpoint_dir=tmp_path / "checkpoints", history_path=tmp_path / "history.json", epochs=2,
+        batch_size=16, learning_rate=1e-3, patience=5, seed=0, progress=False,
+    )
+    return train_model(model, TRAIN, VALIDATION, **{**arguments, **overrides})
+
+
+class InterruptInEpoch(keras.callbacks.Callback):
+    """Simulates a killed run: raises KeyboardInterrupt in the middle of epoch `epoch` (1-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1:
+            raise KeyboardInterrupt
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    """Records the first epoch (1-based) that `fit` runs; None if it runs none."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first = epoch + 1 if self.first is None else self.first
+
+
+def test_make_dataset_batches_inputs_and_target():
+    inputs, target = next(iter(make_dataset(*TRAIN, batch_size=8, shuffle=False)))
+    assert inputs["image"].shape == (8, SIZE, SIZE, 1) and inputs["image"].dtype == "float32"
+    assert inputs["male"].shape == (8, 1) and target.shape == (8, 1)
+    np.testing.assert_array_equal(inputs["image"].numpy()[..., 0], TRAIN[0][:8])
+
+
+def test_make_dataset_refuses_misaligned_arrays():
+    with pytest.raises(ValueError, match="boneage"):
+        make_dataset(TRAIN[0], TRAIN[1], TRAIN[2][:10], batch_size=8, shuffle=False)
+
+
+def test_history_json_and_best_checkpoint(tmp_path):
+    model = tiny_model()
+    history = fit(model, tmp_path)
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["epoch"] == [1, 2] and len(saved["val_mae"]) == 2 and len(saved["learning_rate"]) == 2
+    assert saved["stop_reason"] == "epochs" and saved["best_val_mae"] == min(saved["val_mae"])
+    assert history["best_epoch"] == saved["best_epoch"]
+    best = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
+    images, male, _ = VALIDATION
+    # The model ends with the best weights, and the checkpoint reproduces its predictions.
+    np.testing.assert_allclose(predict_months(best, images, male), predict_months(model, images, male), rtol=1e-5)
+    validation_mae = np.mean(np.abs(predict_months(model, images, male) - VALIDATION[2]))
+    assert validation_mae == pytest.approx(history["best_val_mae"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_continues_from_last_completed_epoch(tmp_path):
+    fit(tiny_model(), tmp_path, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), tmp_path, epochs=4, callbacks=(InterruptInEpoch(3),))
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert state["history"]["epoch"] == [1, 2]
+    first = FirstEpoch()
+    history = fit(tiny_model(), tmp_path, epochs=4, callbacks=(first,))
+    assert first.first == 3
+    assert history["epoch"] == [1, 2, 3, 4] and len(history["val_mae"]) == 4
+    # The optimizer's step counter came back with the checkpoint: 4 epochs x 4 steps.
+    assert int(keras.models.load_model(tmp_path / "checkpoints" / "last.keras").optimizer.iterations) == 16
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    fit(tiny_model(), tmp_path, epochs=2)
+    first = FirstEpoch()
+    history = fit(tiny_model(), tmp_path, epochs=2, callbacks=(first,))
+    assert first.first is None and history["epoch"] == [1, 2]
+
+
+def test_time_budget_stops_training(tmp_path):
+    history = fit(tiny_model(), tmp_path, epochs=50, time_budget_seconds=0.01)
+    assert history["epoch"] == [1] and history["stop_reason"] == "time_budget"
+
+
+@pytest.mark.slow
+def test_early_stopping_on_validation_mae(tmp_path):
+    # A frozen model (BatchNorm in inference mode too) never improves on epoch 1,
+    # so training stops `patience` epochs later.
+    model = tiny_model()
+    model.trainable = False
+    history = fit(model, tmp_path, epochs=20, patience=2)
+    assert history["stop_reason"] == "early_stopping" and len(history["epoch"]) == 3
+
+
+def test_seed_baseline_trains(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(SIZE, architecture="seed_baseline", target_mean=114.0, target_std=65.0, widths=(4, 8))
+    history = fit(model, tmp_path, epochs=1, architecture="seed_baseline")
+    assert np.isfinite(history["val_mae"][0])
+
+
+@pytest.mark.slow
+def test_transfer_learning_then_fine_tuning(tmp_path):
+    source = tiny_model(seed=0)
+    fit(source, tmp_path / "a", epochs=1)
+    target = tiny_model(seed=1)
+    report = load_initial_weights(target, tmp_path / "a" / "checkpoints" / "best.keras")
+    assert not report["skipped"]
+    for layer in source.layers:
+        for expected, found in zip(layer.get_weights(), target.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(expected, found)
+    history = fit(target, tmp_path / "b", epochs=1, learning_rate=1e-4)
+    assert np.isfinite(history["val_mae"][0])

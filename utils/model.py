@@ -1,0 +1,315 @@
+"""Keras models that read a radiograph and the patient's sex and return bone age in months.
+
+Two named architectures share the same inputs and output:
+
+- "ours": a compact VGG-style CNN (Conv-BatchNorm-ReLU stages, global average pooling) with
+  sex concatenated after pooling, trained with AdamW + warmup/cosine decay on a Huber loss.
+- "seed_baseline": the seed study's model as it stood: Conv2D + BatchNorm + MaxPool + Dropout
+  blocks, global average pooling, Dense 512/256/128, linear output, Adam 1e-3, MAE loss, and
+  ImageDataGenerator-style augmentation (rotation 20 deg, shifts 0.2, zoom 0.2, horizontal flip).
+  It is image-only, as the Kaggle-style seed notebooks were (they fed `flow_from_dataframe`
+  images alone); the "male" input exists so that both models are called the same way, and is
+  left unconnected.
+
+Both models take raw 0..255 pixels (rescaling is inside) and end with a Rescaling layer that
+turns the standardised prediction into months, so that a saved .keras file is self-contained.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+ARCHITECTURES = ("ours", "seed_baseline")
+LAST_CONV_LAYER = "last_conv"  # Grad-CAM (utils/explain.py) looks for this name
+OUTPUT_LAYER = "bone_age_months"
+
+# Defaults of "ours", chosen by benchmarks/model_search.py (results/benchmarks/model_search.json).
+OURS_DEFAULTS = {
+    "widths": (32, 64, 128, 256),  # filters per stage; a 2x2 max-pool follows every stage but the last
+    "convs_per_stage": 2,
+    "separable": False,  # depthwise-separable convs: fewer FLOPs, but slower per FLOP on CPU
+    "stem_stride": 2,  # a strided first conv halves the resolution the stages work at
+    "dropout": 0.2,
+    "dense_units": 128,
+    "rotation_degrees": 12.0,
+    "shift": 0.08,
+    "zoom": 0.1,
+    "contrast": 0.2,
+    "brightness": 0.1,
+    "horizontal_flip": False,  # the RSNA images are left hands; flipping makes right hands
+}
+SEED_BASELINE_DEFAULTS = {"widths": (32, 64, 128, 256), "dropout": 0.25}
+
+
+def build_model(
+    image_size: int,
+    *,
+    architecture: str = "ours",
+    target_mean: float,
+    target_std: float,
+    augment: bool = True,
+    **options,
+) -> keras.Model:
+    """A Functional model: {"image": (S, S, 1) raw 0..255, "male": (1,) 0/1} -> months (None, 1).
+
+    `options` override OURS_DEFAULTS or SEED_BASELINE_DEFAULTS. Augmentation layers are
+    active only when the model is called with training=True (inside `fit`).
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    if not target_std > 0:
+        raise ValueError(f"target_std must be positive, got {target_std}")
+    defaults = OURS_DEFAULTS if architecture == "ours" else SEED_BASELINE_DEFAULTS
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for architecture {architecture!r}; known: {sorted(defaults)}")
+    settings = {**defaults, **options}
+
+    image = keras.Input((image_size, image_size, 1), name="image")
+    male = keras.Input((1,), name="male")
+    if architecture == "ours":
+        augmentation = _ours_augmentation(settings) if augment else []
+        standardised = _ours_network(_apply(augmentation, image), male, settings)
+    else:
+        augmentation = _seed_augmentation() if augment else []
+        standardised = _seed_network(_apply(augmentation, image), settings)
+    # The network predicts the standardised age; this layer turns it into months.
+    months = layers.Rescaling(scale=float(target_std), offset=float(target_mean), name=OUTPUT_LAYER)(standardised)
+    return keras.Model({"image": image, "male": male}, months, name=f"bone_age_{architecture}")
+
+
+def _apply(layer_list, tensor):
+    for layer in layer_list:
+        tensor = layer(tensor)
+    return tensor
+
+
+def _ours_augmentation(settings: dict) -> list:
+    """Moderate geometric + intensity augmentation; the fill is black like the radiograph background."""
+    augmentation = [
+        layers.RandomRotation(settings["rotation_degrees"] / 360.0, fill_mode="constant", name="augment_rotation"),
+        layers.RandomTranslation(settings["shift"], settings["shift"], fill_mode="constant", name="augment_shift"),
+        layers.RandomZoom(settings["zoom"], fill_mode="constant", name="augment_zoom"),
+        layers.RandomContrast(settings["contrast"], value_range=(0, 255), name="augment_contrast"),
+        layers.RandomBrightness(settings["brightness"], value_range=(0, 255), name="augment_brightness"),
+    ]
+    if settings["horizontal_flip"]:
+        augmentation.append(layers.RandomFlip("horizontal", name="augment_flip"))
+    return augmentation
+
+
+def _seed_augmentation() -> list:
+    """Keras ImageDataGenerator(rotation_range=20, width/height_shift_range=0.2, zoom_range=0.2,
+    horizontal_flip=True) as layers; fill_mode "nearest" was ImageDataGenerator's default."""
+    return [
+        layers.RandomRotation(20 / 360.0, fill_mode="nearest", name="augment_rotation"),
+        layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", name="augment_shift"),
+        layers.RandomZoom(0.2, fill_mode="nearest", name="augment_zoom"),
+        layers.RandomFlip("horizontal", name="augment_flip"),
+    ]
+
+
+def _ours_network(image, male, settings: dict):
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(image)
+    widths = settings["widths"]
+    x = _conv_bn_relu(x, widths[0], "stem", stride=settings["stem_stride"], separable=False)
+    for stage, width in enumerate(widths, start=1):
+        for index in range(1, settings["convs_per_stage"] + 1):
+            last = stage == len(widths) and index == settings["convs_per_stage"]
+            name = LAST_CONV_LAYER if last else f"stage{stage}_conv{index}"
+            x = _conv_bn_relu(x, width, name, stride=1, separable=settings["separable"])
+        if stage < len(widths):
+            x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    # Sex after pooling: it shifts the age estimate, it does not change what the filters see.
+    x = layers.Concatenate(name="with_sex")([x, male])
+    x = layers.Dropout(settings["dropout"], name="head_dropout")(x)
+    x = layers.Dense(settings["dense_units"], activation="relu", name="head_dense")(x)
+    return layers.Dense(1, name="standardised_age")(x)
+
+
+def _conv_bn_relu(x, filters: int, name: str, *, stride: int, separable: bool):
+    """Conv (no bias: BatchNorm has one) -> BatchNorm -> ReLU; the ReLU output carries `name`."""
+    convolution = layers.SeparableConv2D if separable else layers.Conv2D
+    x = convolution(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    # Momentum 0.9 (Keras default 0.99): with few steps per epoch and a fast-changing network the
+    # moving statistics lagged so far behind that inference-mode MAE was ~10 months worse than
+    # training-mode MAE after 3 epochs (measured, benchmarks/model_search.py ours_96).
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=name)(x)
+
+
+def _seed_network(image, settings: dict):
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(image)
+    for block, width in enumerate(settings["widths"], start=1):
+        last = block == len(settings["widths"])
+        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=LAST_CONV_LAYER if last else f"block{block}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = layers.Dropout(settings["dropout"], name=f"block{block}_dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    for units in (512, 256, 128):
+        x = layers.Dense(units, activation="relu", name=f"dense{units}")(x)
+    return layers.Dense(1, name="standardised_age")(x)
+
+
+def compile_model(
+    model: keras.Model,
+    *,
+    architecture: str,
+    learning_rate: float,
+    steps_per_epoch: int,
+    epochs: int,
+    weight_decay: float = 1e-4,
+    huber_delta: float = 0.25,
+) -> keras.Model:
+    """Compile with the architecture's optimiser and loss; the metric "mae" is in months.
+
+    The loss is computed on the months output, scaled so that it equals a loss on the
+    standardised target times a constant: MAE(months) = std * MAE(z) and
+    Huber(delta * std)(months) = std**2 * Huber(delta)(z). Adam/AdamW updates are invariant to
+    a constant scale of the loss, so this trains exactly like a loss on the standardised
+    pre-rescaling output, while keeping one output, built-in (serialisable) losses, and a
+    saved model that needs no custom objects. `huber_delta` is in standard deviations.
+    """
+    if architecture == "seed_baseline":
+        optimizer = keras.optimizers.Adam(learning_rate)
+        loss = keras.losses.MeanAbsoluteError()
+    elif architecture == "ours":
+        total_steps = max(1, steps_per_epoch * epochs)
+        warmup_steps = min(steps_per_epoch, total_steps // 2)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate / 10,
+            warmup_target=learning_rate,
+            warmup_steps=warmup_steps,
+            decay_steps=max(1, total_steps - warmup_steps),
+            alpha=0.01,
+        )
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+        target_std = float(model.get_layer(OUTPUT_LAYER).scale)
+        loss = keras.losses.Huber(delta=huber_delta * target_std)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
+    return model
+
+
+def augmentation_pipeline(model: keras.Model) -> keras.Sequential:
+    """The model's training-time augmentation layers as one callable, e.g. to preview them."""
+    return keras.Sequential([layer for layer in model.layers if layer.name.startswith("augment_")], name="augmentation")
+
+
+def model_inputs(images: np.ndarray, male: np.ndarray) -> dict:
+    """The model's input dict from uint8 (N, S, S) images and (N,) sex flags."""
+    images = np.asarray(images)
+    male = np.asarray(male, dtype=np.float32).reshape(-1, 1)
+    if images.ndim != 3 or len(images) != len(male):
+        raise ValueError(f"expected images (N, S, S) and male (N,), got {images.shape} and {male.shape[:1]}")
+    return {"image": images[..., np.newaxis].astype(np.float32), "male": male}
+
+
+def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    """Bone age in months, (N,). `tta` averages the image and two small horizontal shifts."""
+    inputs = model_inputs(images, male)
+    predict = lambda image: model.predict({"image": image, "male": inputs["male"]}, batch_size=batch_size, verbose=0)
+    if not tta:
+        return predict(inputs["image"]).reshape(-1)
+    shift = max(1, round(0.03 * images.shape[-1]))
+    views = [inputs["image"], _shift_columns(inputs["image"], shift), _shift_columns(inputs["image"], -shift)]
+    return np.mean([predict(view).reshape(-1) for view in views], axis=0)
+
+
+def _shift_columns(images: np.ndarray, shift: int) -> np.ndarray:
+    """Shift (N, S, S, 1) images sideways by `shift` pixels, filling with black."""
+    shifted = np.zeros_like(images)
+    if shift > 0:
+        shifted[:, :, shift:] = images[:, :, :-shift]
+    else:
+        shifted[:, :, :shift] = images[:, :, -shift:]
+    return shifted
+
+
+def measure_inference_speed(model: keras.Model, image_size: int, n: int = 1024, batch_size: int = 256, repeats: int = 20) -> dict:
+    """Batch throughput (images/s, via predict_months) and single-image latency (median seconds)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, image_size, image_size), dtype=np.uint8)
+    male = rng.integers(0, 2, n).astype(np.float32)
+    predict_months(model, images[:batch_size], male[:batch_size], batch_size=batch_size)  # trace once
+    start = time.perf_counter()
+    predict_months(model, images, male, batch_size=batch_size)
+    batch_seconds = time.perf_counter() - start
+    single = model_inputs(images[:1], male[:1])
+    model.predict_on_batch(single)  # trace once
+    latencies = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(single)
+        latencies.append(time.perf_counter() - start)
+    return {
+        "batch_size": batch_size,
+        "images": n,
+        "batch_images_per_second": n / batch_seconds,
+        "single_image_seconds": float(np.median(latencies)),
+    }
+
+
+def load_initial_weights(model: keras.Model, path) -> dict:
+    """Copy weights saved by another run into `model` (transfer learning); returns what loaded.
+
+    A .keras file is matched layer by layer by name, skipping layers whose weight shapes
+    differ (e.g. another image size never changes conv kernels, but another width does).
+    A .weights.h5 file holds no layer names, so Keras matches it by layer order with
+    `skip_mismatch=True`; the report then lists the layers whose weights changed.
+    Returns {"loaded": [layer names], "skipped": {layer name: reason}}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.name.endswith(".weights.h5"):
+        return _load_h5_by_order(model, path)
+    if path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a .keras archive")
+        return _load_keras_by_name(model, keras.models.load_model(path, compile=False))
+    raise ValueError(f"{path}: expected a .keras or .weights.h5 file")
+
+
+def _load_keras_by_name(model: keras.Model, source: keras.Model) -> dict:
+    source_layers = {layer.name: layer for layer in source.layers}
+    loaded, skipped = [], {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in source_layers:
+            skipped[layer.name] = "not in the source model"
+            continue
+        weights = source_layers[layer.name].get_weights()
+        expected = [tuple(weight.shape) for weight in layer.weights]
+        found = [tuple(weight.shape) for weight in weights]
+        if expected != found:
+            skipped[layer.name] = f"shapes differ: model {expected}, file {found}"
+            continue
+        layer.set_weights(weights)
+        loaded.append(layer.name)
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _load_h5_by_order(model: keras.Model, path: Path) -> dict:
+    before = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+    model.load_weights(path, skip_mismatch=True)
+    loaded, skipped = [], {}
+    for layer in model.layers:
+        if layer.name not in before:
+            continue
+        changed = any(not np.array_equal(old, new) for old, new in zip(before[layer.name], layer.get_weights()))
+        if changed:
+            loaded.append(layer.name)
+        else:
+            skipped[layer.name] = "no matching weights in the file"
+    return {"loaded": loaded, "skipped": skipped}

@@ -1,0 +1,199 @@
+"""Fit a bone-age model with a time budget, early stopping, and checkpoints that survive interruption.
+
+Files in `checkpoint_dir`: `best.keras` (best validation MAE so far), `last.keras` (after every
+epoch, with the optimizer state) and `state.json` (completed epochs, history, training seconds).
+Calling `train_model` again with the same arguments after an interruption continues from the
+last completed epoch; a run that already finished (all epochs, early stopping, or budget) is
+not trained further, only its best weights are loaded.
+
+Reproducibility on CPU: `keras.utils.set_random_seed(seed)` fixes weight initialisation (when
+called before `build_model`), shuffling, dropout and augmentation draws. TensorFlow still
+leaves float summation order free in multi-threaded reductions (oneDNN convolutions and
+BatchNorm statistics split work by thread), so two runs differ in the last bits and the
+difference grows over epochs (typically a few tenths of a month of MAE).
+`tf.config.experimental.enable_op_determinism()` removes that, but it is process-wide and
+makes some ops raise or fall back to slower single-threaded kernels; we leave it off (its cost
+on this model is not measured yet: the shared 2-core machine was too loaded to time it fairly). A resumed run also reshuffles from a new iterator, so it matches an
+uninterrupted one statistically, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utils.files import atomic_path, write_json_atomic
+from utils.model import compile_model
+
+MONITOR = "val_mae"  # validation MAE in months
+
+
+def make_dataset(images: np.ndarray, male: np.ndarray, boneage: np.ndarray, *, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches of ({"image": float32 (S, S, 1), "male": float32 (1,)}, months) from uint8 arrays."""
+    images = np.asarray(images)
+    if images.ndim != 3 or not len(images) == len(male) == len(boneage):
+        raise ValueError(
+            f"expected images (N, S, S), male (N,) and boneage (N,), got {images.shape}, {np.shape(male)}, {np.shape(boneage)}"
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, np.asarray(male, np.float32).reshape(-1, 1), np.asarray(boneage, np.float32).reshape(-1, 1))
+    )
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+
+    def to_inputs(image, male, age):
+        return {"image": tf.cast(image, tf.float32)[..., tf.newaxis], "male": male}, age
+
+    # Casting after batching keeps the shuffle buffer in uint8 (4x smaller).
+    return dataset.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def train_model(
+    model: keras.Model,
+    train: tuple,
+    validation: tuple,
+    *,
+    checkpoint_dir,
+    history_path,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    seed: int,
+    time_budget_seconds: float | None = None,
+    architecture: str = "ours",
+    progress: bool = True,
+    callbacks: tuple = (),
+) -> dict:
+    """Compile and fit `model` on (images uint8 (N,S,S), male (N,), boneage (N,)) tuples; returns the history.
+
+    Ends with the best validation-MAE weights in `model`. The history (per-epoch lists plus
+    best_epoch, best_val_mae, stop_reason, training_seconds, train_images_per_second) is
+    written as JSON to `history_path`. `callbacks` are extra Keras callbacks.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    keras.utils.set_random_seed(seed)
+    steps_per_epoch = math.ceil(len(train[0]) / batch_size)
+    compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    state = _resume(model, checkpoint_dir)
+    history = state["history"]
+    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], len(train[0]))
+    stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
+    if stop_reason is None:
+        model.fit(
+            make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+            validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
+            epochs=epochs,
+            initial_epoch=len(history.get("epoch", [])),
+            callbacks=[record, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds), *callbacks],
+            verbose=2 if progress else 0,
+            shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
+        )
+        stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
+    model.load_weights(checkpoint_dir / "best.keras")
+    return record.finish(stop_reason)
+
+
+def _resume(model: keras.Model, checkpoint_dir: Path) -> dict:
+    """Restore weights and optimizer state from last.keras; the saved state, or a fresh one."""
+    state_file, last = checkpoint_dir / "state.json", checkpoint_dir / "last.keras"
+    if not (state_file.exists() and last.exists()):
+        return {"history": {}, "training_seconds": 0.0}
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    saved = keras.models.load_model(last)
+    model.set_weights(saved.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    if len(model.optimizer.variables) != len(saved.optimizer.variables):
+        raise ValueError(f"{last}: optimizer state does not match the model being trained (another architecture?)")
+    for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
+        variable.assign(value)
+    return state
+
+
+def _epochs_since_best(history: dict) -> int:
+    values = history.get(MONITOR, [])
+    return len(values) - 1 - int(np.argmin(values)) if values else 0
+
+
+def _stop_reason(history, training_seconds, *, epochs, patience, budget):
+    """Why training must not start another epoch, or None.
+
+    The budget stops training when the next epoch (estimated by the last one) would end past it.
+    """
+    completed = len(history.get("epoch", []))
+    if completed >= epochs:
+        return "epochs"
+    if completed and _epochs_since_best(history) >= patience:
+        return "early_stopping"
+    if budget is not None and completed:
+        if training_seconds + history["epoch_seconds"][-1] > budget:
+            return "time_budget"
+    return None
+
+
+def _save_atomic(model: keras.Model, destination: Path) -> None:
+    """The whole model, optimizer state included, so that it can resume."""
+    with atomic_path(destination) as temporary:
+        model.save(temporary)
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: extend the history, keep best.keras, write last.keras + state.json + history."""
+
+    def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, train_size: int):
+        super().__init__()
+        self.checkpoint_dir, self.history_path = checkpoint_dir, Path(history_path)
+        self.history, self.training_seconds, self.train_size = history, training_seconds, train_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.epoch_start
+        self.training_seconds += seconds
+        entry = {
+            "epoch": epoch + 1,
+            **{name: float(value) for name, value in (logs or {}).items()},
+            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "epoch_seconds": seconds,
+            "train_images_per_second": self.train_size / seconds,  # includes the validation pass
+        }
+        for name, value in entry.items():
+            self.history.setdefault(name, []).append(value)
+        if _epochs_since_best(self.history) == 0:
+            _save_atomic(self.model, self.checkpoint_dir / "best.keras")
+        _save_atomic(self.model, self.checkpoint_dir / "last.keras")
+        write_json_atomic(self.checkpoint_dir / "state.json", {"history": self.history, "training_seconds": self.training_seconds})
+        write_json_atomic(self.history_path, self.history)
+
+    def finish(self, stop_reason: str) -> dict:
+        values = self.history.get(MONITOR, [])
+        best = int(np.argmin(values)) if values else None
+        self.history.update(
+            best_epoch=None if best is None else best + 1,
+            best_val_mae=None if best is None else values[best],
+            stop_reason=stop_reason,
+            training_seconds=self.training_seconds,
+            train_images_per_second=(len(values) * self.train_size / self.training_seconds) if values else None,
+        )
+        write_json_atomic(self.history_path, self.history)
+        return self.history
+
+
+class _StopRule(keras.callbacks.Callback):
+    """Early stopping on validation MAE (patience counted over resumed epochs too) and the time budget."""
+
+    def __init__(self, recorder: _EpochRecorder, *, epochs: int, patience: int, budget: float | None):
+        super().__init__()
+        self.recorder, self.epochs, self.patience, self.budget = recorder, epochs, patience, budget
+
+    def on_epoch_end(self, epoch, logs=None):
+        reason = _stop_reason(self.recorder.history, self.recorder.training_seconds, epochs=self.epochs, patience=self.patience, budget=self.budget)
+        if reason in ("early_stopping", "time_budget"):
+            self.model.stop_training = True
