@@ -72,8 +72,8 @@ bone_age_model.summary()
 # after each epoch.
 
 # %%
-def fit(architecture, built_model, checkpoint_name, history_path):
-    """Train one model of this run and return its training summary."""
+def fit(architecture, built_model, checkpoint_name, history_path, batch_size, learning_rate):
+    """Train one model of this run and return its history with the training summary."""
     return training.train_model(
         built_model,
         train=train,
@@ -82,21 +82,24 @@ def fit(architecture, built_model, checkpoint_name, history_path):
         history_path=history_path,
         architecture=architecture,
         epochs=parameters["epochs"],
-        batch_size=parameters["batch_size"],
-        learning_rate=parameters["learning_rate"],
+        batch_size=batch_size,
+        learning_rate=learning_rate,
         patience=parameters["patience"],
         time_budget_seconds=parameters["time_budget_minutes"] * 60 if parameters["time_budget_minutes"] else None,
         seed=parameters["seed"],
     )
 
 
-summary = fit(parameters["architecture"], bone_age_model, "ours", paths.history)
+summary = fit(
+    parameters["architecture"], bone_age_model, "ours", paths.history, parameters["batch_size"], parameters["learning_rate"]
+)
 bone_age_model.save(paths.model)
 print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_mae']:.2f} months · "
       f"{summary['training_seconds'] / 60:.1f} min · {summary['train_images_per_second']:.0f} images/s")
 
 # %% [markdown]
 # ## The seed study's model, same split, same budget
+# Its own optimiser settings (Adam 1e-3, batches of 32, MAE loss), our epochs and time budget.
 
 # %%
 baseline_summary = None
@@ -105,7 +108,9 @@ if parameters["train_seed_baseline"]:
     baseline_model = model.build_model(
         parameters["image_size"], architecture="seed_baseline", target_mean=target_mean, target_std=target_std
     )
-    baseline_summary = fit("seed_baseline", baseline_model, "seed_baseline", paths.baseline_history)
+    baseline_summary = fit(
+        "seed_baseline", baseline_model, "seed_baseline", paths.baseline_history, **model.SEED_BASELINE_TRAINING
+    )
     baseline_model.save(paths.baseline_model)
     print(f"seed baseline: best epoch {baseline_summary['best_epoch']} · validation MAE "
           f"{baseline_summary['best_val_mae']:.2f} months · {baseline_summary['training_seconds'] / 60:.1f} min")
