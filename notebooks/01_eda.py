@@ -112,7 +112,7 @@ grid_images = np.stack(
         for path in table.loc[grid_ids, "path"]
     ]
 )
-figure = plots.image_grid(grid_images, grid_titles, ncols=6)
+figure = plots.image_grid(grid_images, grid_titles, ncols=6, title="Radiographs by age band (youngest first)")
 plots.save_figure(figure, paths.figures / "sample_grid.png");
 
 # %% [markdown]
@@ -138,6 +138,7 @@ print(f"{len(outliers)} of {len(table)} images flagged as unusual ({len(outliers
 if len(outliers):
     shown = outliers.head(12)
     figure = plots.image_grid(
-        images[shown.index], [f"{row.id}: {row.quality_flag}" for row in shown.itertuples()], ncols=6
+        images[shown.index], [f"{row.id}: {row.quality_flag}" for row in shown.itertuples()], ncols=6,
+        title="Images flagged as unusual (most unusual first)",
     )
     plots.save_figure(figure, paths.figures / "quality_outliers.png")

@@ -67,7 +67,9 @@ after = [
 ]
 after = [preprocessing.preprocess_image(image, 128, pad_to_square=False, contrast="none") for image in after]
 titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
-figure = plots.image_grid(np.stack(before + after), titles + [f"{title} (model input)" for title in titles], ncols=6)
+figure = plots.image_grid(np.stack(before + after), titles + [f"{title} (model input)" for title in titles], ncols=6,
+    title="As stored (top) and as the model sees them (bottom)",
+)
 plots.save_figure(figure, paths.figures / "preprocessing_examples.png");
 
 # %% [markdown]
@@ -119,5 +121,7 @@ augmented = [first] + [
     np.clip(augmentation(first[None, :, :, None].astype("float32"), training=True)[0, :, :, 0], 0, 255).astype("uint8")
     for _ in range(5)
 ]
-figure = plots.image_grid(np.stack(augmented), ["original"] + [f"augmented {index}" for index in range(1, 6)], ncols=6)
+figure = plots.image_grid(np.stack(augmented), ["original"] + [f"augmented {index}" for index in range(1, 6)], ncols=6,
+    title="Training-time augmentation of one image",
+)
 plots.save_figure(figure, paths.figures / "augmentation_preview.png");

@@ -60,6 +60,7 @@ figure = plots.image_grid(
     np.stack([image_by_id[identifier] for identifier in worst["id"]]),
     [f"true {row.boneage:.0f} · pred {row.boneage_pred:.0f} mo ({'M' if row.male else 'F'})" for row in worst.itertuples()],
     ncols=6,
+    title="The largest errors on the test split",
 )
 plots.save_figure(figure, paths.figures / "worst_cases.png");
 
@@ -109,7 +110,10 @@ display(predictions.groupby("quality_flag")["error"].agg(n="count", mae=lambda e
 # %%
 bone_age_model = keras.models.load_model(paths.model)
 chosen, titles = [], []
-for band, rows in predictions.groupby("age_band", sort=False):
+for _, _, band in evaluation.AGE_BANDS:
+    rows = predictions[predictions["age_band"] == band]
+    if rows.empty:
+        continue
     ordered = rows.reindex(rows["error"].abs().sort_values().index)
     for label, position in (("best", 0), ("typical", len(ordered) // 2), ("worst", len(ordered) - 1)):
         row = ordered.iloc[position]

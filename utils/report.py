@@ -294,7 +294,8 @@ def _value(source: dict | None, key: str, digits, signed: bool) -> str:
     return _count(source.get(key)) if digits is None else _number(source.get(key), digits, signed)
 
 
-def _results_table(metrics: dict, styles) -> Table:
+def results_rows(metrics: dict) -> list[list[str]]:
+    """The results table as text: a header, then one row per metric (ours, seed baseline, mean predictor)."""
     baseline = metrics.get("seed_baseline")
     interval = metrics.get("prediction_interval") or {}
     rows = [["Metric", "Ours", "Seed baseline", "Mean predictor"]]
@@ -306,7 +307,19 @@ def _results_table(metrics: dict, styles) -> Table:
     nominal_text = "" if _missing(nominal) else f", nominal {_number(nominal, 0)}%"
     rows.append([f"Interval coverage (%){nominal_text}", _number(interval.get("coverage_pct")), DASH, DASH])
     rows.append(["Mean interval width (months)", _number(interval.get("mean_width")), DASH, DASH])
-    return _table(rows, [7.4 * cm, 3.2 * cm, 3.2 * cm, TEXT_WIDTH - 13.8 * cm], styles)
+    return rows
+
+
+def results_markdown(metrics: dict) -> str:
+    """The same results table in Markdown, for the README."""
+    rows = results_rows(metrics)
+    lines = ["| " + " | ".join(rows[0]) + " |", "| --- |" + " ---: |" * (len(rows[0]) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def _results_table(metrics: dict, styles) -> Table:
+    return _table(results_rows(metrics), [7.4 * cm, 3.2 * cm, 3.2 * cm, TEXT_WIDTH - 13.8 * cm], styles)
 
 
 def _interval_record(entry) -> dict:
@@ -465,12 +478,16 @@ def build_report(results_dir, output_pdf, *, title: str = DEFAULT_TITLE, compres
     return output_pdf
 
 
-def main(argv=None) -> Path:
+def main(argv=None) -> Path | None:
     parser = argparse.ArgumentParser(description="Render the PDF report of a run's results folder.")
     parser.add_argument("results_dir", type=Path, help="results/<run_name> holding performance_metrics.json")
     parser.add_argument("--out", type=Path, default=None, help="PDF to write (default: RESULTS_DIR/Report.pdf)")
     parser.add_argument("--title", default=DEFAULT_TITLE)
+    parser.add_argument("--markdown", action="store_true", help="print the results table in Markdown instead")
     arguments = parser.parse_args(argv)
+    if arguments.markdown:
+        print(results_markdown(read_metrics(arguments.results_dir / "performance_metrics.json")), end="")
+        return None
     output = build_report(arguments.results_dir, arguments.out or arguments.results_dir / "Report.pdf",
                           title=arguments.title)
     print(output)
