@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from utils.inference import tta_views
+
 ARCHITECTURES = ("ours", "seed_baseline")
 LAST_CONV_LAYER = "last_conv"  # Grad-CAM (utils/explain.py) looks for this name
 OUTPUT_LAYER = "bone_age_months"
@@ -217,24 +219,15 @@ def model_inputs(images: np.ndarray, male: np.ndarray) -> dict:
 
 
 def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """Bone age in months, (N,). `tta` averages the image and two small horizontal shifts."""
+    """Bone age in months, (N,). `tta` averages the views of `inference.tta_views`."""
     inputs = model_inputs(images, male)
-    predict = lambda image: model.predict({"image": image, "male": inputs["male"]}, batch_size=batch_size, verbose=0)
-    if not tta:
-        return predict(inputs["image"]).reshape(-1)
-    shift = max(1, round(0.03 * images.shape[-1]))
-    views = [inputs["image"], _shift_columns(inputs["image"], shift), _shift_columns(inputs["image"], -shift)]
-    return np.mean([predict(view).reshape(-1) for view in views], axis=0)
-
-
-def _shift_columns(images: np.ndarray, shift: int) -> np.ndarray:
-    """Shift (N, S, S, 1) images sideways by `shift` pixels, filling with black."""
-    shifted = np.zeros_like(images)
-    if shift > 0:
-        shifted[:, :, shift:] = images[:, :, :-shift]
-    else:
-        shifted[:, :, :shift] = images[:, :, -shift:]
-    return shifted
+    views = tta_views(np.asarray(images)) if tta else [np.asarray(images)]
+    predictions = [
+        model.predict({"image": view[..., np.newaxis].astype(np.float32), "male": inputs["male"]},
+                      batch_size=batch_size, verbose=0).reshape(-1)
+        for view in views
+    ]
+    return np.mean(predictions, axis=0)
 
 
 def measure_inference_speed(model: keras.Model, image_size: int, n: int = 1024, batch_size: int = 256, repeats: int = 20) -> dict:

@@ -1,0 +1,126 @@
+"""The ONNX runtime must predict what the Keras model predicts, without importing TensorFlow."""
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from utils import inference
+from utils.inference import OnnxBoneAgeModel, export_onnx
+
+IMAGE_SIZE = 32
+
+
+def tiny_model() -> keras.Model:
+    """The contract's inputs and a months output, with an augmentation layer that must stay off."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
+    male = keras.Input((1,), name="male")
+    x = keras.layers.RandomRotation(0.2, fill_mode="constant")(image)
+    x = keras.layers.Rescaling(1.0 / 255.0)(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Concatenate()([x, male])
+    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.Dense(1)(x)
+    months = keras.layers.Rescaling(scale=40.0, offset=120.0)(x)
+    return keras.Model({"image": image, "male": male}, months)
+
+
+def random_inputs(n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8), rng.integers(0, 2, n)
+
+
+def keras_months(model, images, male) -> np.ndarray:
+    inputs = {"image": images[..., np.newaxis].astype("float32"), "male": male.astype("float32").reshape(-1, 1)}
+    return model.predict(inputs, verbose=0).reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    model = tiny_model()
+    model.save(folder / "tiny.keras")
+    return model, export_onnx(folder / "tiny.keras", folder / "tiny.onnx")
+
+
+def test_onnx_agrees_with_keras_predict(exported):
+    model, onnx_path = exported
+    images, male = random_inputs(40)
+    runtime = OnnxBoneAgeModel(onnx_path)
+    assert runtime.image_size == IMAGE_SIZE
+    onnx_months = runtime.predict(images, male)
+    assert onnx_months.shape == (40,)
+    np.testing.assert_allclose(onnx_months, keras_months(model, images, male), atol=1e-3)
+    # Sex is an input of the graph, not ignored by the export.
+    assert not np.allclose(runtime.predict(images, 1 - male), onnx_months)
+
+
+def test_onnx_and_keras_test_time_augmentation_agree(exported):
+    from utils.model import predict_months
+
+    model, onnx_path = exported
+    images, male = random_inputs(12, seed=3)
+    onnx_tta = OnnxBoneAgeModel(onnx_path).predict(images, male, tta=True)
+    np.testing.assert_allclose(onnx_tta, predict_months(model, images, male, tta=True), atol=1e-3)
+    assert not np.allclose(onnx_tta, OnnxBoneAgeModel(onnx_path).predict(images, male))
+
+
+def test_onnx_is_deterministic_and_batches_agree(exported):
+    _, onnx_path = exported
+    images, male = random_inputs(10, seed=2)
+    whole = OnnxBoneAgeModel(onnx_path).predict(images, male)
+    in_batches_of_3 = OnnxBoneAgeModel(onnx_path, batch_size=3).predict(images, male)
+    np.testing.assert_array_equal(whole, OnnxBoneAgeModel(onnx_path).predict(images, male))
+    np.testing.assert_allclose(in_batches_of_3, whole, atol=1e-4)
+
+
+def test_export_from_an_in_memory_model_with_the_tf2onnx_fallback(tmp_path, monkeypatch):
+    model = tiny_model()
+
+    def no_onnx_export(self, *args, **kwargs):
+        raise ValueError("this Keras cannot export ONNX")
+
+    monkeypatch.setattr(keras.Model, "export", no_onnx_export)
+    onnx_path = export_onnx(model, tmp_path / "fallback.onnx")
+    images, male = random_inputs(8, seed=3)
+    np.testing.assert_allclose(
+        OnnxBoneAgeModel(onnx_path).predict(images, male), keras_months(model, images, male), atol=1e-3
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fallback.onnx"]  # no temporary left
+
+
+def test_predict_refuses_wrong_shapes(exported):
+    runtime = OnnxBoneAgeModel(exported[1])
+    images, male = random_inputs(4)
+    with pytest.raises(ValueError, match=r"expected images \(N, 32, 32\)"):
+        runtime.predict(images[:, :16, :16], male)
+    with pytest.raises(ValueError, match="male"):
+        runtime.predict(images, male[:3])
+
+
+def test_missing_or_corrupt_model_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.onnx"):
+        OnnxBoneAgeModel(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="corrupt.onnx: not a readable ONNX model"):
+        OnnxBoneAgeModel(corrupt)
+
+
+def test_importing_the_runtime_does_not_import_tensorflow():
+    code = "import sys, utils.inference; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_tta_views_shift_sideways_with_black_fill():
+    images = np.arange(2 * 40 * 40, dtype=np.uint8).reshape(2, 40, 40) | 1
+    original, right, left = inference.tta_views(images)
+    assert original is images
+    assert (right[:, :, 1:] == images[:, :, :-1]).all() and (right[:, :, 0] == 0).all()
+    assert (left[:, :, :-1] == images[:, :, 1:]).all() and (left[:, :, -1] == 0).all()

@@ -1,0 +1,317 @@
+"""The prediction command end to end, on a tiny model folder built here: JSON, CSV, DICOM, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from utils.evaluation import fit_conformal
+from utils.inference import export_onnx
+from utils.predict import PREDICTION_COLUMNS, dicom_demographics, load_predictor, resolve_model
+from utils.quality import QualityReference
+from utils.synthetic import render_hand
+
+from test_inference import IMAGE_SIZE, tiny_model  # the same tiny model, with an augmentation layer
+
+CARD = {"image_size": IMAGE_SIZE, "pad_to_square": True, "contrast": "clahe"}
+JSON_KEYS = {
+    "file", "bone_age_months", "bone_age_years", "interval", "quality_flag", "quality_score", "sex", "sex_source", "model",
+}
+CLINICAL_KEYS = {"chronological_age_months", "difference_months", "reference_sd_months", "z_score", "category"}
+
+
+def hand(age_months: float, male: bool, seed: int) -> np.ndarray:
+    return render_hand(age_months, male, np.random.default_rng(seed), image_size=64)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """bone_age.keras, bone_age.onnx and a model card with a real conformal interval and quality reference."""
+    folder = tmp_path_factory.mktemp("model")
+    model = tiny_model()
+    model.save(folder / "bone_age.keras")
+    export_onnx(model, folder / "bone_age.onnx")
+    rng = np.random.default_rng(0)
+    training_images = np.stack([
+        cv2.resize(hand(age, bool(index % 2), index), (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+        for index, age in enumerate(rng.uniform(12, 216, 40))
+    ])
+    truth = rng.uniform(0, 228, 200)
+    interval = fit_conformal(truth, truth + rng.normal(0, 10, 200), coverage=0.9)
+    card = {**CARD, "conformal": interval.to_dict(), "quality_reference": QualityReference.fit(training_images).to_dict()}
+    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kaggle_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("kaggle")
+    images = folder / "boneage-training-dataset"
+    images.mkdir()
+    rows = []
+    for index in range(6):
+        age, male = 20 + 30 * index, bool(index % 2)
+        cv2.imwrite(str(images / f"{100 + index}.png"), hand(age, male, index))
+        rows.append({"id": 100 + index, "boneage": age, "male": male})
+    pd.DataFrame(rows).to_csv(folder / "boneage-training-dataset.csv", index=False)
+    return folder
+
+
+def run_cli(*arguments, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "utils.predict", *map(str, arguments)], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def write_png(path: Path, age=100, male=False, seed=7) -> Path:
+    cv2.imwrite(str(path), hand(age, male, seed))
+    return path
+
+
+def write_dicom(path: Path, pixels: np.ndarray, sex="F", age="010Y") -> Path:
+    """A MONOCHROME1 DICOM: low values are white, so the stored pixels are the negative."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientSex = sex
+    dataset.PatientAge = age
+    dataset.Modality = "CR"
+    stored = (4095 - pixels.astype(np.uint16) * 16).astype(np.uint16)
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = stored.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_one_png_prints_the_reading_as_json(model_dir, tmp_path):
+    image = write_png(tmp_path / "hand.png")
+    result = run_cli(image, "--sex", "f", "--model", model_dir)
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert set(reading) == JSON_KEYS
+    assert reading["sex"] == "female" and reading["sex_source"] == "--sex"
+    assert reading["model"].endswith("bone_age.onnx")
+    assert reading["bone_age_years"] == pytest.approx(reading["bone_age_months"] / 12, abs=0.01)
+    interval = reading["interval"]
+    assert interval["low"] <= reading["bone_age_months"] <= interval["high"]
+    assert interval["coverage_pct"] == 90.0
+    # The number is the Keras model's on the image preprocessed as the model card says.
+    predictor = load_predictor(model_dir / "bone_age.keras")
+    pixels = predictor.preprocess(image)[np.newaxis, ..., np.newaxis].astype("float32")
+    expected = keras.models.load_model(model_dir / "bone_age.keras").predict(
+        {"image": pixels, "male": np.zeros((1, 1), "float32")}, verbose=0
+    )
+    assert reading["bone_age_months"] == pytest.approx(float(expected[0, 0]), abs=0.01)
+
+
+def test_chronological_age_adds_the_clinical_reading(model_dir, tmp_path):
+    image = write_png(tmp_path / "hand.png")
+    result = run_cli(image, "--sex", "Male", "--age-months", "60", "--model", model_dir / "bone_age.onnx")
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert set(reading) == JSON_KEYS | CLINICAL_KEYS | {"age_source"}
+    assert reading["sex"] == "male" and reading["chronological_age_months"] == 60
+    assert reading["difference_months"] == pytest.approx(reading["bone_age_months"] - 60, abs=0.02)
+    assert reading["category"] in {"delayed", "normal", "advanced"}
+
+
+def test_dicom_gives_sex_and_age_and_the_command_line_overrides_them(model_dir, tmp_path):
+    dicom = write_dicom(tmp_path / "study.dcm", hand(120, False, 3), sex="F", age="010Y")
+    assert dicom_demographics(dicom) == (False, 120.0)
+    result = run_cli(dicom, "--model", model_dir)
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert (reading["sex"], reading["sex_source"]) == ("female", "DICOM PatientSex")
+    assert (reading["chronological_age_months"], reading["age_source"]) == (120, "DICOM header")
+    overridden = json.loads(run_cli(dicom, "--sex", "M", "--age-months", "90", "--model", model_dir).stdout)
+    assert (overridden["sex"], overridden["chronological_age_months"]) == ("male", 90)
+    # MONOCHROME1 is inverted on reading: the DICOM reads like the same hand saved as PNG.
+    png = json.loads(run_cli(write_png(tmp_path / "same.png", 120, False, 3), "--sex", "F", "--model", model_dir).stdout)
+    assert reading["bone_age_months"] == pytest.approx(png["bone_age_months"], abs=2.0)
+
+
+def test_dicom_age_in_months_or_from_dates(tmp_path):
+    pixels = hand(60, True, 1)
+    assert dicom_demographics(write_dicom(tmp_path / "a.dcm", pixels, sex="M", age="006M")) == (True, 6.0)
+    dated = write_dicom(tmp_path / "b.dcm", pixels, sex="", age="")
+    header = pydicom.dcmread(dated)
+    header.PatientBirthDate, header.StudyDate = "20100101", "20200101"
+    header.save_as(dated)
+    male, age = dicom_demographics(dated)
+    assert male is None and age == pytest.approx(120.0, abs=0.1)
+    assert dicom_demographics(write_png(tmp_path / "c.png")) == (None, None)
+
+
+def test_kaggle_folder_writes_one_row_per_image(model_dir, kaggle_folder, tmp_path):
+    result = run_cli(kaggle_folder, "--model", model_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / f"{kaggle_folder.name}_predictions.csv"
+    assert str(out) in result.stdout
+    table = pd.read_csv(out, dtype={"id": str})
+    assert list(table.columns) == ["id", "male", "boneage", *PREDICTION_COLUMNS]
+    assert sorted(table["id"]) == [str(100 + index) for index in range(6)]
+    assert table.set_index("id").loc["103", "boneage"] == 110
+    assert (table["boneage_low"] <= table["boneage_pred"]).all() and (table["boneage_pred"] <= table["boneage_high"]).all()
+    assert not (tmp_path / f"{kaggle_folder.name}_predictions.errors.csv").exists()
+    # The same numbers as the library call on the same images.
+    predictor = load_predictor(model_dir)
+    images = np.stack([predictor.preprocess(kaggle_folder / "boneage-training-dataset" / f"{i}.png") for i in table["id"]])
+    expected = predictor.predict_images(images, table["male"].to_numpy())
+    np.testing.assert_allclose(table["boneage_pred"], expected["boneage_pred"], atol=0.01)
+    assert list(table["quality_flag"]) == list(expected["quality_flag"])
+
+
+def test_folder_with_a_corrupt_image_predicts_the_others_and_lists_it(model_dir, tmp_path):
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    for index in range(3):
+        write_png(folder / "images" / f"good{index}.png", seed=index)
+    # A valid PNG header and end marker around garbage: only a full decode finds the damage.
+    good_bytes = (folder / "images" / "good0.png").read_bytes()
+    (folder / "images" / "bad.png").write_bytes(good_bytes[:60] + b"\x00" * 200 + good_bytes[-20:])
+    (folder / "images" / "missing_end.png").write_bytes(good_bytes[: len(good_bytes) // 2])
+    paths = ["images/good0.png", "images/good1.png", "images/bad.png", "images/good2.png", "images/missing_end.png"]
+    pd.DataFrame({"path": paths, "boneage": 100, "sex": "F"}).to_csv(folder / "labels.csv", index=False)
+    out = tmp_path / "out" / "predictions.csv"
+    result = run_cli(folder, "--model", model_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(pd.read_csv(out)["id"]) == ["good0", "good1", "good2"]
+    errors = pd.read_csv(tmp_path / "out" / "predictions.errors.csv")
+    # The truncated file is caught by load_dataset's check of the table (a row of labels.csv),
+    # the damaged one by decoding.
+    listed = {(Path(row.file).name, None if pd.isna(row.line) else int(row.line)): row.reason for row in errors.itertuples()}
+    assert set(listed) == {("labels.csv", 6), ("bad.png", None)}
+    assert "missing_end.png" in listed[("labels.csv", 6)]
+    assert "cannot be decoded" in listed[("bad.png", None)]
+    assert "warning: 2 of 5 images left out" in result.stderr and "bad.png" in result.stderr
+
+
+def test_bare_folder_uses_file_names_and_needs_the_sex(model_dir, tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_png(folder / f"{name}.png")
+    result = run_cli(folder, "--sex", "F", "--model", model_dir, "--out", tmp_path / "bare.csv")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "bare.csv")
+    assert list(table["id"]) == ["a", "b"] and list(table.columns) == ["id", "male", *PREDICTION_COLUMNS]
+    no_sex = run_cli(folder, "--model", model_dir, "--out", tmp_path / "no_sex.csv")
+    assert no_sex.returncode == 1 and "pass --sex" in no_sex.stderr
+    assert not (tmp_path / "no_sex.csv").exists()
+
+
+def test_bare_dicom_folder_adds_the_clinical_columns(model_dir, tmp_path):
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    write_dicom(folder / "girl.dcm", hand(120, False, 1), sex="F", age="010Y")
+    write_dicom(folder / "boy.dcm", hand(60, True, 2), sex="M", age="005Y")
+    result = run_cli(folder, "--model", model_dir, "--out", tmp_path / "dicoms.csv")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "dicoms.csv").set_index("id")
+    assert table.loc["girl", "chronological_age_months"] == 120 and table.loc["boy", "male"]
+    assert {"difference_months", "z_score", "category"} <= set(table.columns)
+
+
+def test_corrupt_file_fails_naming_it_and_writes_nothing(model_dir, tmp_path):
+    corrupt = tmp_path / "scan.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    out = tmp_path / "out" / "reading.json"
+    result = run_cli(corrupt, "--sex", "F", "--model", model_dir, "--out", out)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert str(corrupt) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--sex", "X"], "--sex 'X': expected M or F"),
+        ([], "pass --sex M or --sex F"),
+        (["--sex", "F", "--age-months", "300"], "--age-months 300"),
+    ],
+)
+def test_wrong_or_missing_command_line_values_exit_2(model_dir, tmp_path, arguments, message):
+    result = run_cli(write_png(tmp_path / "hand.png"), *arguments, "--model", model_dir)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_missing_model_fails_naming_it(tmp_path):
+    image = write_png(tmp_path / "hand.png")
+    for missing in (tmp_path / "nowhere" / "bone_age.onnx", tmp_path):
+        result = run_cli(image, "--sex", "F", "--model", missing)
+        assert result.returncode == 1
+        assert str(missing) in result.stderr and result.stdout == ""
+
+
+def test_onnx_path_does_not_import_tensorflow(model_dir, tmp_path):
+    image = write_png(tmp_path / "hand.png")
+    code = (
+        "import sys, utils.predict as p; status = p.main([sys.argv[1], '--sex', 'F', '--model', sys.argv[2]]);"
+        "sys.stderr.write(f'tensorflow={\"tensorflow\" in sys.modules} keras={\"keras\" in sys.modules}')"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(image), str(model_dir)], capture_output=True, text=True)
+    assert result.returncode == 0 and "tensorflow=False keras=False" in result.stderr
+
+
+def test_keras_file_agrees_with_onnx_and_a_stale_export_is_not_used(model_dir, tmp_path):
+    keras_only = tmp_path / "keras_only"
+    keras_only.mkdir()
+    for name in ("bone_age.keras", "model_card.json"):
+        (keras_only / name).write_bytes((model_dir / name).read_bytes())
+    images = np.random.default_rng(0).integers(0, 256, (5, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    male = np.array([0, 1, 0, 1, 1])
+    from_keras = load_predictor(keras_only / "bone_age.keras").predict_images(images, male)
+    from_onnx = load_predictor(model_dir).predict_images(images, male)
+    assert list(from_keras.columns) == ["boneage_pred", "boneage_low", "boneage_high", "quality_score", "quality_flag"]
+    np.testing.assert_allclose(from_keras["boneage_pred"], from_onnx["boneage_pred"], atol=1e-3)
+    assert resolve_model(model_dir)[0].name == "bone_age.onnx"
+    (keras_only / "bone_age.onnx").write_bytes((model_dir / "bone_age.onnx").read_bytes())
+    modified = (keras_only / "bone_age.keras").stat().st_mtime
+    os.utime(keras_only / "bone_age.onnx", (modified - 60, modified - 60))
+    assert resolve_model(keras_only)[0].name == "bone_age.keras"
+
+
+def test_gradcam_writes_an_overlay_per_image(model_dir, kaggle_folder, tmp_path):
+    pytest.importorskip("utils.explain")
+    image = write_png(tmp_path / "hand.png")
+    result = run_cli(image, "--sex", "F", "--model", model_dir, "--gradcam", tmp_path / "cams")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sex"] == "female"
+    overlay = cv2.imread(str(tmp_path / "cams" / "hand_gradcam.png"), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    result = run_cli(kaggle_folder, "--model", model_dir, "--out", tmp_path / "p.csv", "--gradcam", tmp_path / "folder_cams")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "folder_cams").iterdir()) == [f"{100 + i}_gradcam.png" for i in range(6)]
+
+
+def test_gradcam_without_the_keras_model_fails_before_writing(model_dir, tmp_path):
+    onnx_only = tmp_path / "onnx_only"
+    onnx_only.mkdir()
+    for name in ("bone_age.onnx", "model_card.json"):
+        (onnx_only / name).write_bytes((model_dir / name).read_bytes())
+    out = tmp_path / "reading.json"
+    result = run_cli(write_png(tmp_path / "hand.png"), "--sex", "F", "--model", onnx_only, "--gradcam", tmp_path / "cams", "--out", out)
+    assert result.returncode == 1
+    assert str(onnx_only / "bone_age.keras") in result.stderr and "--gradcam" in result.stderr
+    assert result.stdout == "" and not out.exists() and not (tmp_path / "cams").exists()
