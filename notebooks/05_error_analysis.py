@@ -65,6 +65,10 @@ figure = plots.image_grid(
 plots.save_figure(figure, paths.figures / "worst_cases.png");
 
 # %% [markdown]
+# The radiographs the model got most wrong, largest error first: look for what they share
+# (image quality, positioning, the youngest or oldest children, unusual anatomy).
+
+# %% [markdown]
 # ## Residuals by age and sex
 
 # %%
@@ -124,3 +128,8 @@ gradcam_images = np.stack([image_by_id[identifier] for identifier in chosen["id"
 heatmaps = explain.grad_cam(bone_age_model, gradcam_images, chosen["male"].to_numpy(dtype="float32"))
 figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=6)
 plots.save_figure(figure, paths.figures / "gradcam.png");
+
+# %% [markdown]
+# Each pair is the radiograph and its Grad-CAM overlay: maps concentrated on the phalanges,
+# metacarpals, carpals and distal radius mean the network reads the growth regions a
+# radiologist reads; maps on markers, borders or background point to shortcuts.
