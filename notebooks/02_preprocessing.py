@@ -67,7 +67,7 @@ after = [
 ]
 after = [preprocessing.preprocess_image(image, 128, pad_to_square=False, contrast="none") for image in after]
 titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
-figure = plots.image_grid(np.stack(before + after), titles + [f"{title} (model input)" for title in titles], ncols=6,
+figure = plots.image_grid(np.stack(before + after), titles + ["model input"] * len(titles), ncols=6,
     title="As stored (top) and as the model sees them (bottom)",
 )
 plots.save_figure(figure, paths.figures / "preprocessing_examples.png");
