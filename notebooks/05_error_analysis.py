@@ -52,14 +52,14 @@ print(f"{len(predictions):,} test predictions · MAE {metrics['mae']:.2f} months
 
 # %% [markdown]
 # ## The worst cases
-# The twelve largest absolute errors, with true and predicted age.
+# The twelve largest absolute errors, with true and predicted age in months.
 
 # %%
 worst = predictions.reindex(predictions["error"].abs().sort_values(ascending=False).index).head(12)
 figure = plots.image_grid(
     np.stack([image_by_id[identifier] for identifier in worst["id"]]),
-    [f"true {row.boneage:.0f} · pred {row.boneage_pred:.0f} mo ({'M' if row.male else 'F'})" for row in worst.itertuples()],
-    ncols=6,
+    [f"true {row.boneage:.0f} · pred {row.boneage_pred:.0f}" for row in worst.itertuples()],
+    ncols=4,
     title="The largest errors on the test split",
 )
 plots.save_figure(figure, paths.figures / "worst_cases.png");
@@ -122,11 +122,11 @@ for _, _, band in evaluation.AGE_BANDS:
     for label, position in (("best", 0), ("typical", len(ordered) // 2), ("worst", len(ordered) - 1)):
         row = ordered.iloc[position]
         chosen.append(row)
-        titles.append(f"{band} {label}: true {row.boneage:.0f} · pred {row.boneage_pred:.0f} mo")
+        titles.append(f"{band} {label}: {row.boneage:.0f} → {row.boneage_pred:.0f} mo")
 chosen = pd.DataFrame(chosen)
 gradcam_images = np.stack([image_by_id[identifier] for identifier in chosen["id"]])
 heatmaps = explain.grad_cam(bone_age_model, gradcam_images, chosen["male"].to_numpy(dtype="float32"))
-figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=6)
+figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=3)
 plots.save_figure(figure, paths.figures / "gradcam.png");
 
 # %% [markdown]

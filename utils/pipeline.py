@@ -106,7 +106,7 @@ def write_html(notebook_path: Path) -> None:
 
 
 def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: bool = True) -> dict:
-    """Execute the selected stages and, for a full run, the summary notebook and the report."""
+    """Execute the selected stages and, with the last stage, the summary notebook and the report."""
     parameters = config.load_parameters(preset, overrides)
     paths = config.run_paths(parameters)
     ensure_kernel()
@@ -116,8 +116,10 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
 
     timings_path = paths.results / "stage_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    # The summary page and the report gather every stage: rebuilt whenever the last stage runs.
+    summarise = STAGES[-1] in stages
     notebooks = [(NOTEBOOKS_DIR / f"{stage}.ipynb", stage) for stage in stages]
-    if stages == STAGES:
+    if summarise:
         notebooks.append((SUMMARY_NOTEBOOK, "bone-age"))
     for source, name in notebooks:
         print(f"== {name}", flush=True)
@@ -126,7 +128,7 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
         write_json_atomic(timings_path, timings)
         print(f"== {name} done in {seconds:.0f} s", flush=True)
 
-    if report and stages == STAGES:
+    if report and summarise:
         from utils.report import build_report
 
         build_report(paths.results, paths.report)
