@@ -162,7 +162,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             **{name: float(value) for name, value in (logs or {}).items()},
             "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "epoch_seconds": seconds,
-            "train_images_per_second": self.train_size / seconds,  # includes the validation pass
+            "epoch_images_per_second": self.train_size / seconds,  # includes the validation pass
         }
         for name, value in entry.items():
             self.history.setdefault(name, []).append(value)
