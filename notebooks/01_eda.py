@@ -131,8 +131,7 @@ else:
 
 images = study.load_images(table, parameters)
 reference = quality.QualityReference.fit(images)
-table["quality_flag"] = reference.flag(images)
-table["quality_score"] = reference.score(images)
+table["quality_score"], table["quality_flag"] = reference.assess(images)
 outliers = table[table["quality_flag"] != "ok"].sort_values("quality_score", ascending=False)
 print(f"{len(outliers)} of {len(table)} images flagged as unusual ({len(outliers) / len(table):.1%})")
 if len(outliers):

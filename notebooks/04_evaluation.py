@@ -81,8 +81,7 @@ test_table["boneage_pred"] = model.predict_months(bone_age_model, test[0], test[
 conformal = evaluation.fit_conformal(calibration[2], calibration_pred, coverage=parameters["interval_coverage"])
 test_table["boneage_low"], test_table["boneage_high"] = conformal.interval(test_table["boneage_pred"].to_numpy())
 quality_reference = quality.QualityReference.fit(study.split_arrays(table, images, "train")[0])
-test_table["quality_score"] = quality_reference.score(test[0])
-test_table["quality_flag"] = quality_reference.flag(test[0])
+test_table["quality_score"], test_table["quality_flag"] = quality_reference.assess(test[0])
 
 baseline_pred = None
 if training_summary["seed_baseline"]:

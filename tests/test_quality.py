@@ -208,3 +208,14 @@ def test_real_radiographs_when_available():
                      "rectangles": 0.75, "chest": 0.9}
     rates = {kind: float(np.mean(reference.flag(unusual[kind]) != "ok")) for kind in minimum_rates}
     assert all(rates[kind] >= minimum_rates[kind] for kind in rates), rates
+
+
+def test_assess_gives_the_same_scores_and_flags_as_the_separate_calls():
+    rng = np.random.default_rng(5)
+    reference = QualityReference.fit(np.stack([draw_hand(rng) for _ in range(120)]))
+    hands = np.stack([draw_hand(rng) for _ in range(15)])
+    mixed = np.concatenate([hands[:10], 255 - hands[10:], np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)])
+    scores, flags = reference.assess(mixed)
+    np.testing.assert_array_equal(scores, reference.score(mixed))
+    np.testing.assert_array_equal(flags, reference.flag(mixed))
+    assert {"ok", "blank"} <= set(flags)

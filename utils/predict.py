@@ -90,7 +90,7 @@ class Predictor:
         # The quality checks run beside the network: onnxruntime releases the GIL, and together
         # they keep both cores busy (the checks cost about as much as the network).
         with ThreadPoolExecutor(max_workers=1) as executor:
-            quality = executor.submit(lambda: (self.quality.score(images), self.quality.flag(images)))
+            quality = executor.submit(self.quality.assess, images)
             predicted = self.runtime.predict(images, male, tta=self.tta)
             quality_score, quality_flag = quality.result()
         # The data hold ages 0..240 months; the interval is clipped to them, so the estimate is too.

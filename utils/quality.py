@@ -240,6 +240,10 @@ class QualityReference:
 
     def flag(self, images) -> np.ndarray:
         """'ok', or why not: 'blank', 'inverted', 'rotated' (by 90, 180 or 270 degrees) or 'unusual'."""
+        return self.assess(images)[1]
+
+    def assess(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(score, flag) of each image, computing the features once."""
         images = self._check_shape(_check_images(images))
         flags = np.full(len(images), "ok", dtype=object)
         scores = self.score(images)
@@ -260,7 +264,7 @@ class QualityReference:
                     explained = (restored[cause] <= 1.0) & (restored[cause] <= scores[candidates] / 2.0)
                     flags[candidates[explained]] = cause
         flags[blank] = "blank"
-        return flags.astype(str)
+        return scores, flags.astype(str)
 
     def _check_shape(self, images: np.ndarray) -> np.ndarray:
         if images.shape[1:] != self.image_shape:
