@@ -80,7 +80,8 @@ calibration_pred = model.predict_months(bone_age_model, calibration[0], calibrat
 test_table["boneage_pred"] = model.predict_months(bone_age_model, test[0], test[1], tta=parameters["tta"])
 conformal = evaluation.fit_conformal(calibration[2], calibration_pred, coverage=parameters["interval_coverage"])
 test_table["boneage_low"], test_table["boneage_high"] = conformal.interval(test_table["boneage_pred"].to_numpy())
-quality_reference = quality.QualityReference.fit(study.split_arrays(table, images, "train")[0])
+train = study.split_arrays(table, images, "train")
+quality_reference = quality.QualityReference.fit(train[0])
 test_table["quality_score"], test_table["quality_flag"] = quality_reference.assess(test[0])
 
 baseline_pred = None
@@ -106,7 +107,6 @@ speed
 # ## Metrics
 
 # %%
-train_ages = study.split_arrays(table, images, "train")[2]
 metrics = evaluation.build_performance_metrics(
     parameters=parameters,
     dataset_name=study.dataset_name(parameters),
@@ -121,7 +121,7 @@ metrics = evaluation.build_performance_metrics(
     y_true=test[2],
     y_pred=test_table["boneage_pred"].to_numpy(),
     male=test[1].astype(bool),
-    train_ages=train_ages,
+    train_ages=train[2],
     interval=(test_table["boneage_low"].to_numpy(), test_table["boneage_high"].to_numpy()),
     interval_method=conformal.method,
     interval_nominal=parameters["interval_coverage"],

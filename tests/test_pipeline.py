@@ -97,3 +97,15 @@ def test_nbconvert_executes_each_notebook_as_users_ci_does(stage, tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / source.name).exists()
+
+
+def test_model_card_command_reproduces_the_overrides():
+    import shlex
+
+    from utils import study
+
+    overrides = {"run_name": "x y", "epochs": 60, "tta": True, "split_fractions": {"train": 0.7, "test": 0.3}}
+    words = shlex.split(study.run_command("rsna100", overrides))
+    assert words[:5] == ["python", "-m", "utils.pipeline", "--preset", "rsna100"]
+    pairs = [(words[index + 1], words[index + 2]) for index in range(5, len(words), 3)]
+    assert pipeline.parse_overrides(pairs) == overrides

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-MAX_AGE_MONTHS = 240
+from utils.config import MAX_AGE_MONTHS
 NORMAL_RANGE_SD = 2.0
 
 # Standard deviations of skeletal age (months) at each tabulated chronological age (months).

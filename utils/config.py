@@ -16,6 +16,8 @@ SYNTHETIC_DIR = DATA_DIR / "synthetic"
 RESULTS_DIR = PROJECT_ROOT / "results"
 MODELS_DIR = PROJECT_ROOT / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "rsna100"
+# Bone ages and chronological ages the study accepts (RSNA labels run 1..228 months).
+MAX_AGE_MONTHS = 240
 
 
 def read_presets(presets_file=PRESETS_FILE) -> dict:

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from utils import evaluation
+from utils import config, evaluation
 from utils.files import atomic_path
 
 SOURCE_SPLITS = ("train", "validation", "test")
 STUDY_SPLITS = ("train", "validation", "calibration", "test")
-AGE_RANGE_MONTHS = (0.0, 240.0)
+AGE_RANGE_MONTHS = (0.0, float(config.MAX_AGE_MONTHS))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 TABLE_SUFFIXES = (".csv", ".xlsx")
 MAX_LISTED_PROBLEMS = 20

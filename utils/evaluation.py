@@ -56,7 +56,7 @@ SCHEMA_VERSION = 1
 AGE_BANDS = [(0, 24, "0-2 y"), (24, 60, "2-5 y"), (60, 120, "5-10 y"), (120, 180, "10-15 y"), (180, 240, "15-19 y")]
 SEX_LABELS = ["female", "male"]
 WITHIN_MONTHS = (6, 12, 18, 24)
-MAX_AGE_MONTHS = 240
+MAX_AGE_MONTHS = config.MAX_AGE_MONTHS
 FLAT_METRIC_KEYS = ["n", "mae", "rmse", "mse", "pearson_r", "r2", "bias"] + [
     f"within_{months}_pct" for months in WITHIN_MONTHS
 ]

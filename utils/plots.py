@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import plotly.graph_objects as go
 
+from utils import config
 from utils.files import atomic_path
 
 OURS_COLOR = "#0072B2"
@@ -38,7 +39,7 @@ _STYLE = {
     "axes.spines.right": False,
     "figure.dpi": 100,
 }
-AGE_AXIS_MONTHS = (0.0, 240.0)
+AGE_AXIS_MONTHS = (0.0, float(config.MAX_AGE_MONTHS))
 # Training code may name its MAE-in-months metric in any of these ways (first found wins).
 _MAE_KEYS = ("mae_months", "mae", "mean_absolute_error")
 

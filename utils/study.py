@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,16 @@ def split_arrays(table: pd.DataFrame, images: np.ndarray, split: str):
     )
 
 
+def run_command(preset: str, overrides: dict) -> str:
+    """The runner command that reproduces a run."""
+    # Values are read back as YAML, of which JSON is a part; strings go as they are.
+    options = "".join(
+        f" -p {name} {shlex.quote(value if isinstance(value, str) else json.dumps(value))}"
+        for name, value in overrides.items()
+    )
+    return f"python -m utils.pipeline --preset {preset}{options}"
+
+
 def write_model_card(paths: config.RunPaths, parameters: dict, **content) -> Path:
     """models/<run>/model_card.json: what the prediction CLI needs, and what a reader should know."""
     card = {
@@ -88,7 +100,7 @@ def write_model_card(paths: config.RunPaths, parameters: dict, **content) -> Pat
         "pad_to_square": parameters["pad_to_square"],
         "contrast": parameters["contrast"],
         "parameters": parameters,
-        "command": f"python -m utils.pipeline --preset {parameters['preset']}",
+        "command": run_command(parameters["preset"], content.get("overrides", {})),
         **content,
     }
     return write_json_atomic(paths.model_card, card)
