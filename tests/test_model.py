@@ -46,6 +46,16 @@ def test_output_is_destandardised_months():
     np.testing.assert_allclose(predict_months(model, images, male), 140.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("bias, expected", [(-3.0, 0.0), (4.0, 240.0)])
+def test_predictions_are_clipped_to_the_age_range(bias, expected):
+    model = tiny_model()
+    dense = model.get_layer("standardised_age")
+    # 100 - 3 * 40 = -20 months and 100 + 4 * 40 = 260 months, outside 0..240.
+    dense.set_weights([np.zeros_like(dense.get_weights()[0]), np.array([bias])])
+    images, male = random_inputs()
+    np.testing.assert_allclose(predict_months(model, images, male), expected)
+
+
 def test_augmentation_inactive_at_inference_and_active_in_training():
     model = tiny_model()
     images, male = random_inputs()

@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,11 @@ MODELS_DIR = PROJECT_ROOT / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "rsna100"
 # Bone ages and chronological ages the study accepts (RSNA labels run 1..228 months).
 MAX_AGE_MONTHS = 240
+
+
+def clip_to_age_range(months):
+    """Estimates limited to the 0..MAX_AGE_MONTHS the data hold (intervals are clipped the same way)."""
+    return np.clip(months, 0, MAX_AGE_MONTHS)
 
 
 def read_presets(presets_file=PRESETS_FILE) -> dict:

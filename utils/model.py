@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from utils import config
 from utils.inference import tta_views
 
 ARCHITECTURES = ("ours", "seed_baseline")
@@ -219,7 +220,8 @@ def model_inputs(images: np.ndarray, male: np.ndarray) -> dict:
 
 
 def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """Bone age in months, (N,). `tta` averages the views of `inference.tta_views`."""
+    """Bone age in months, (N,), clipped to the data's age range. `tta` averages the views of
+    `inference.tta_views`."""
     inputs = model_inputs(images, male)
     views = tta_views(np.asarray(images)) if tta else [np.asarray(images)]
     predictions = [
@@ -227,7 +229,7 @@ def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, bat
                       batch_size=batch_size, verbose=0).reshape(-1)
         for view in views
     ]
-    return np.mean(predictions, axis=0)
+    return config.clip_to_age_range(np.mean(predictions, axis=0))
 
 
 def measure_inference_speed(model: keras.Model, image_size: int, n: int = 1024, batch_size: int = 256, repeats: int = 20) -> dict:

@@ -93,8 +93,7 @@ class Predictor:
             quality = executor.submit(self.quality.assess, images)
             predicted = self.runtime.predict(images, male, tta=self.tta)
             quality_score, quality_flag = quality.result()
-        # The data hold ages 0..240 months; the interval is clipped to them, so the estimate is too.
-        months = np.clip(predicted, 0, MAX_AGE_MONTHS).astype(float)
+        months = config.clip_to_age_range(predicted).astype(float)
         low, high = self.conformal.interval(months)
         return pd.DataFrame(
             {
