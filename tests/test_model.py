@@ -56,6 +56,16 @@ def test_predictions_are_clipped_to_the_age_range(bias, expected):
     np.testing.assert_allclose(predict_months(model, images, male), expected)
 
 
+def test_dropout_never_touches_the_sex_input():
+    model = tiny_model(dropout=0.5)
+    head_input = keras.Model(model.input, model.get_layer("head_dense").input)
+    images, male = random_inputs(n=64)
+    inputs = {"image": images[..., None].astype("float32"), "male": male[:, None]}
+    for _ in range(3):
+        sex_column = keras.ops.convert_to_numpy(head_input(inputs, training=True))[:, -1]
+        np.testing.assert_array_equal(sex_column, male)
+
+
 def test_augmentation_inactive_at_inference_and_active_in_training():
     model = tiny_model()
     images, male = random_inputs()

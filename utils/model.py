@@ -132,9 +132,11 @@ def _ours_network(image, male, settings: dict):
         if stage < len(widths):
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    # Sex after pooling: it shifts the age estimate, it does not change what the filters see.
-    x = layers.Concatenate(name="with_sex")([x, male])
     x = layers.Dropout(settings["dropout"], name="head_dropout")(x)
+    # Sex after pooling: it shifts the age estimate, it does not change what the filters see.
+    # It joins after the dropout: dropping it turned 20% of boys into girls in training, and the
+    # model hedged (girls +3.4, boys -1.2 months of bias on validation, models/rsna100 before this).
+    x = layers.Concatenate(name="with_sex")([x, male])
     x = layers.Dense(settings["dense_units"], activation="relu", name="head_dense")(x)
     return layers.Dense(1, name="standardised_age")(x)
 
