@@ -112,6 +112,17 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert first.first is None and history["epoch"] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "change, differs",
+    [({"learning_rate": 5e-4}, "learning_rate"), ({"seed": 1}, "seed"), ({"network": {"dropout": 0.5}}, "network_sha256")],
+)
+def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, change, differs):
+    fit(tiny_model(), tmp_path, epochs=1)
+    model = build_model(SIZE, target_mean=114.0, target_std=65.0, **{**TINY, **change.pop("network", {})})
+    with pytest.raises(ValueError, match=f"other settings \\({differs} differ"):
+        fit(model, tmp_path, epochs=2, **change)
+
+
 def test_time_budget_stops_training(tmp_path):
     history = fit(tiny_model(), tmp_path, epochs=50, time_budget_seconds=0.01)
     assert history["epoch"] == [1] and history["stop_reason"] == "time_budget"

@@ -4,7 +4,9 @@ Files in `checkpoint_dir`: `best.keras` (best validation MAE so far), `last.kera
 epoch, with the optimizer state) and `state.json` (completed epochs, history, training seconds).
 Calling `train_model` again with the same arguments after an interruption continues from the
 last completed epoch; a run that already finished (all epochs, early stopping, or budget) is
-not trained further, only its best weights are loaded.
+not trained further, only its best weights are loaded. More epochs, another patience or budget
+extend a run; another network, batch size, learning rate, seed or training set is refused,
+because resuming would silently keep weights trained for something else.
 
 Reproducibility on CPU: `keras.utils.set_random_seed(seed)` fixes weight initialisation (when
 called before `build_model`), shuffling, dropout and augmentation draws. TensorFlow still
@@ -19,6 +21,7 @@ uninterrupted one statistically, not bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -79,11 +82,14 @@ def train_model(
     """
     checkpoint_dir = Path(checkpoint_dir)
     keras.utils.set_random_seed(seed)
+    settings = _resume_settings(
+        model, architecture=architecture, batch_size=batch_size, learning_rate=learning_rate, seed=seed, train_size=len(train[0])
+    )
     steps_per_epoch = math.ceil(len(train[0]) / batch_size)
     compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch, epochs=epochs)
-    state = _resume(model, checkpoint_dir)
+    state = _resume(model, checkpoint_dir, settings)
     history = state["history"]
-    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], len(train[0]))
+    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings)
     stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
     if stop_reason is None:
         model.fit(
@@ -100,12 +106,27 @@ def train_model(
     return record.finish(stop_reason)
 
 
-def _resume(model: keras.Model, checkpoint_dir: Path) -> dict:
+def _resume_settings(model: keras.Model, **settings) -> dict:
+    """What a checkpoint must have been trained with to be resumed: the network (its whole
+    configuration, target scaling included) and how it was fed."""
+    # get_config, not to_json: the compiled configuration holds the schedule, which more epochs change.
+    network = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True).encode()).hexdigest()
+    return {"network_sha256": network, **settings}
+
+
+def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict) -> dict:
     """Restore weights and optimizer state from last.keras; the saved state, or a fresh one."""
     state_file, last = checkpoint_dir / "state.json", checkpoint_dir / "last.keras"
     if not (state_file.exists() and last.exists()):
         return {"history": {}, "training_seconds": 0.0}
     state = json.loads(state_file.read_text(encoding="utf-8"))
+    saved_settings = state.get("settings", {})
+    changed = sorted(name for name in settings if saved_settings.get(name) != settings[name])
+    if changed:
+        raise ValueError(
+            f"{checkpoint_dir} holds a run trained with other settings ({', '.join(changed)} differ); "
+            "delete that folder to start again, or give the run another run_name"
+        )
     saved = keras.models.load_model(last)
     model.set_weights(saved.get_weights())
     model.optimizer.build(model.trainable_variables)
@@ -146,10 +167,11 @@ def _save_atomic(model: keras.Model, destination: Path) -> None:
 class _EpochRecorder(keras.callbacks.Callback):
     """After each epoch: extend the history, keep best.keras, write last.keras + state.json + history."""
 
-    def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, train_size: int):
+    def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, settings: dict):
         super().__init__()
         self.checkpoint_dir, self.history_path = checkpoint_dir, Path(history_path)
-        self.history, self.training_seconds, self.train_size = history, training_seconds, train_size
+        self.history, self.training_seconds, self.settings = history, training_seconds, settings
+        self.train_size = settings["train_size"]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -169,7 +191,10 @@ class _EpochRecorder(keras.callbacks.Callback):
         if _epochs_since_best(self.history) == 0:
             _save_atomic(self.model, self.checkpoint_dir / "best.keras")
         _save_atomic(self.model, self.checkpoint_dir / "last.keras")
-        write_json_atomic(self.checkpoint_dir / "state.json", {"history": self.history, "training_seconds": self.training_seconds})
+        write_json_atomic(
+            self.checkpoint_dir / "state.json",
+            {"history": self.history, "training_seconds": self.training_seconds, "settings": self.settings},
+        )
         write_json_atomic(self.history_path, self.history)
 
     def finish(self, stop_reason: str) -> dict:
