@@ -87,6 +87,31 @@ def test_baseline_mae_mean_predictor():
 # --- conformal intervals -----------------------------------------------------------------------
 
 
+def test_paired_mae_difference_of_a_model_with_itself_is_exactly_zero():
+    rng = np.random.default_rng(0)
+    y_true = rng.uniform(0, 228, 300)
+    prediction = y_true + rng.normal(0, 12, 300)
+    result = evaluation.paired_mae_difference(y_true, prediction, prediction)
+    assert result["difference"] == result["low"] == result["high"] == 0.0
+
+
+def test_paired_mae_difference_finds_a_real_gap_and_brackets_it():
+    rng = np.random.default_rng(1)
+    y_true = rng.uniform(0, 228, 2000)
+    noise = rng.normal(0, 10, 2000)
+    # b errs 20% more than a on every image: a gap of 0.2 x MAE(a), about 1.6 months.
+    result = evaluation.paired_mae_difference(y_true, y_true + noise, y_true + 1.2 * noise)
+    assert result["difference"] == pytest.approx(0.2 * result["mae_a"])
+    assert 0 < result["low"] < result["difference"] < result["high"]
+    # Paired, the interval is far narrower than the sampling noise of either MAE (SE ~0.13).
+    assert result["high"] - result["low"] < 0.2
+
+
+def test_paired_mae_difference_refuses_misaligned_predictions():
+    with pytest.raises(ValueError, match="y_true has 3 values but y_pred has 2"):
+        evaluation.paired_mae_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0])
+
+
 def test_conformal_quantile_finite_sample_rank():
     scores = [7, 1, 10, 3, 5, 2, 9, 4, 8, 6]  # n = 10
     assert evaluation.conformal_quantile(scores, 0.9) == 10  # ceil(11 * 0.9) = 10th smallest
