@@ -9,14 +9,14 @@ extend a run; another network, batch size, learning rate, seed or training set i
 because resuming would silently keep weights trained for something else.
 
 Reproducibility on CPU: `keras.utils.set_random_seed(seed)` fixes weight initialisation (when
-called before `build_model`), shuffling, dropout and augmentation draws. TensorFlow still
-leaves float summation order free in multi-threaded reductions (oneDNN convolutions and
-BatchNorm statistics split work by thread), so two runs differ in the last bits and the
-difference grows over epochs (typically a few tenths of a month of MAE).
-`tf.config.experimental.enable_op_determinism()` removes that, but it is process-wide and
-makes some ops raise or fall back to slower single-threaded kernels; we leave it off (its cost
-on this model is not measured yet: the shared 2-core machine was too loaded to time it fairly). A resumed run also reshuffles from a new iterator, so it matches an
-uninterrupted one statistically, not bit for bit.
+called before `build_model`), shuffling, dropout and augmentation draws. On one machine that
+was enough: two rsna100 runs gave bit-identical histories over 40 epochs
+(results/benchmarks/reproducibility.json). TensorFlow does not promise it: oneDNN may pick
+other kernels, and so another summation order, on another CPU or thread count, and the
+difference then grows over epochs. `tf.config.experimental.enable_op_determinism()` would
+promise it, at the cost of slower kernels; it is left off. A time budget that stops training
+makes the result depend on the machine's speed, and a resumed run reshuffles from a new
+iterator, so both match an uninterrupted run statistically, not bit for bit.
 """
 
 from __future__ import annotations
