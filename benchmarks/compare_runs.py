@@ -3,8 +3,9 @@
   .venv/bin/python -m utils.pipeline --preset rsna100 -p run_name rsna100_rerun -p report_at_root false
   .venv/bin/python benchmarks/compare_runs.py rsna100 rsna100_rerun
 
-Reads results/<run>/performance_metrics.json, training_summary.json and predictions_test.csv of both runs (the predictions are not committed, as they hold RSNA labels,
-so both runs must have been made on this machine). Writes results/benchmarks/reproducibility.json:
+Reads results/<run>/performance_metrics.json, training_summary.json and predictions_test.csv of
+both runs (the predictions are not committed, as they hold RSNA labels, so both runs must have
+been made on this machine). Writes results/benchmarks/reproducibility.json:
 for our model and the seed baseline, the headline metrics side by side, the paired bootstrap
 interval of the MAE difference (utils.evaluation.paired_mae_difference), and, as an aside, the
 MAE of the two runs' averaged predictions (what a two-model ensemble would give).

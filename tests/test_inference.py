@@ -13,7 +13,7 @@ from utils.inference import OnnxBoneAgeModel, export_onnx
 IMAGE_SIZE = 32
 
 
-def tiny_model() -> keras.Model:
+def tiny_model(offset: float = 120.0) -> keras.Model:
     """The contract's inputs and a months output, with an augmentation layer that must stay off."""
     keras.utils.set_random_seed(0)
     image = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
@@ -26,7 +26,7 @@ def tiny_model() -> keras.Model:
     x = keras.layers.Concatenate()([x, male])
     x = keras.layers.Dropout(0.5)(x)
     x = keras.layers.Dense(1)(x)
-    months = keras.layers.Rescaling(scale=40.0, offset=120.0)(x)
+    months = keras.layers.Rescaling(scale=40.0, offset=offset)(x)
     return keras.Model({"image": image, "male": male}, months)
 
 
@@ -68,6 +68,14 @@ def test_onnx_and_keras_test_time_augmentation_agree(exported):
     onnx_tta = OnnxBoneAgeModel(onnx_path).predict(images, male, tta=True)
     np.testing.assert_allclose(onnx_tta, predict_months(model, images, male, tta=True), atol=1e-3)
     assert not np.allclose(onnx_tta, OnnxBoneAgeModel(onnx_path).predict(images, male))
+
+
+def test_onnx_predictions_are_clipped_to_the_age_range(tmp_path):
+    # An offset of 1000 months puts every raw output far above 240.
+    onnx_path = export_onnx(tiny_model(offset=1000.0), tmp_path / "high.onnx")
+    images, male = random_inputs(6)
+    for tta in (False, True):
+        np.testing.assert_array_equal(OnnxBoneAgeModel(onnx_path).predict(images, male, tta=tta), 240.0)
 
 
 def test_onnx_is_deterministic_and_batches_agree(exported):

@@ -56,7 +56,6 @@ SCHEMA_VERSION = 1
 AGE_BANDS = [(0, 24, "0-2 y"), (24, 60, "2-5 y"), (60, 120, "5-10 y"), (120, 180, "10-15 y"), (180, 240, "15-19 y")]
 SEX_LABELS = ["female", "male"]
 WITHIN_MONTHS = (6, 12, 18, 24)
-MAX_AGE_MONTHS = config.MAX_AGE_MONTHS
 FLAT_METRIC_KEYS = ["n", "mae", "rmse", "mse", "pearson_r", "r2", "bias"] + [
     f"within_{months}_pct" for months in WITHIN_MONTHS
 ]
@@ -266,8 +265,8 @@ class ConformalInterval:
         """(low, high) around each prediction, clipped to the 0..240 months of the data."""
         y_pred = np.asarray(y_pred, dtype=float).ravel()
         half_width = self.half_width(y_pred)
-        low = np.clip(y_pred - half_width, 0, MAX_AGE_MONTHS)
-        high = np.clip(y_pred + half_width, 0, MAX_AGE_MONTHS)
+        low = config.clip_to_age_range(y_pred - half_width)
+        high = config.clip_to_age_range(y_pred + half_width)
         return low, high
 
     def to_dict(self) -> dict:

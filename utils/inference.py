@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from utils import config
 from utils.files import atomic_path
 
 INPUT_NAMES = ("image", "male")
@@ -112,10 +113,12 @@ class OnnxBoneAgeModel:
         self.image_size = int(inputs["image"].shape[1])
 
     def predict(self, images, male, tta: bool = False) -> np.ndarray:
-        """Bone age in months, (N,), from uint8 (N, S, S) images and (N,) 0/1 sex flags."""
-        images = np.asarray(images)
-        if tta:
-            return np.mean([self.predict(view, male) for view in tta_views(images)], axis=0)
+        """Bone age in months, (N,), clipped to the data's age range like `model.predict_months`,
+        from uint8 (N, S, S) images and (N,) 0/1 sex flags."""
+        views = tta_views(np.asarray(images)) if tta else [np.asarray(images)]
+        return config.clip_to_age_range(np.mean([self._run(view, male) for view in views], axis=0))
+
+    def _run(self, images: np.ndarray, male) -> np.ndarray:
         male = np.asarray(male, dtype=np.float32).reshape(-1)
         expected = (self.image_size, self.image_size)
         if images.ndim != 3 or images.shape[1:] != expected or len(images) != len(male):

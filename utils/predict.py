@@ -93,7 +93,7 @@ class Predictor:
             quality = executor.submit(self.quality.assess, images)
             predicted = self.runtime.predict(images, male, tta=self.tta)
             quality_score, quality_flag = quality.result()
-        months = config.clip_to_age_range(predicted).astype(float)
+        months = predicted.astype(float)  # both runtimes clip to the data's age range
         low, high = self.conformal.interval(months)
         return pd.DataFrame(
             {

@@ -171,7 +171,6 @@ class _EpochRecorder(keras.callbacks.Callback):
         super().__init__()
         self.checkpoint_dir, self.history_path = checkpoint_dir, Path(history_path)
         self.history, self.training_seconds, self.settings = history, training_seconds, settings
-        self.train_size = settings["train_size"]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -184,7 +183,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             **{name: float(value) for name, value in (logs or {}).items()},
             "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "epoch_seconds": seconds,
-            "epoch_images_per_second": self.train_size / seconds,  # includes the validation pass
+            "epoch_images_per_second": self.settings["train_size"] / seconds,  # includes the validation pass
         }
         for name, value in entry.items():
             self.history.setdefault(name, []).append(value)
@@ -205,7 +204,7 @@ class _EpochRecorder(keras.callbacks.Callback):
             best_val_mae=None if best is None else values[best],
             stop_reason=stop_reason,
             training_seconds=self.training_seconds,
-            train_images_per_second=(len(values) * self.train_size / self.training_seconds) if values else None,
+            train_images_per_second=(len(values) * self.settings["train_size"] / self.training_seconds) if values else None,
         )
         write_json_atomic(self.history_path, self.history)
         return self.history
