@@ -40,9 +40,10 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from utils import config
+from utils.parameters import load_parameters
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
 if not paths.metrics.exists():
     raise ValueError(f"{paths.metrics} does not exist: run the stages first (python -m utils.pipeline --preset {preset})")
 metrics = json.loads(paths.metrics.read_text())

@@ -23,7 +23,7 @@ import pandas as pd
 from utils import config, evaluation
 from utils.files import write_json_atomic
 
-OUTPUT = config.RESULTS_DIR / "benchmarks" / "reproducibility.json"
+OUTPUT = config.benchmarks_dir() / "reproducibility.json"
 HEADLINE = ("mae", "rmse", "bias", "within_12_pct", "pearson_r")
 # model: (its column in predictions_test.csv, its key in performance_metrics.json, None for the top level)
 MODELS = {"ours": ("boneage_pred", None), "seed_baseline": ("seed_baseline_pred", "seed_baseline")}
@@ -31,15 +31,16 @@ TRAINING = ("best_epoch", "best_val_mae", "stop_reason", "training_seconds")
 
 
 def load_run(name: str) -> dict:
-    folder = config.RESULTS_DIR / name
-    files = ("performance_metrics.json", "training_summary.json", "predictions_test.csv")
-    missing = [file for file in files if not (folder / file).exists()]
+    paths = config.RunPaths(name)
+    folder = paths.results
+    files = (paths.metrics, paths.training_summary, paths.predictions)
+    missing = [file.name for file in files if not file.exists()]
     if missing:
         raise SystemExit(f"{folder}: {', '.join(missing)} missing; run the pipeline with -p run_name {name} first")
     return {
-        "metrics": json.loads((folder / "performance_metrics.json").read_text()),
-        "training": json.loads((folder / "training_summary.json").read_text()),
-        "predictions": pd.read_csv(folder / "predictions_test.csv").set_index("id").sort_index(),
+        "metrics": json.loads(paths.metrics.read_text()),
+        "training": json.loads(paths.training_summary.read_text()),
+        "predictions": pd.read_csv(paths.predictions).set_index("id").sort_index(),
     }
 
 

@@ -35,11 +35,12 @@ import numpy as np
 import onnxruntime
 
 from utils import config
+from utils.parameters import load_parameters
 from utils.files import write_json_atomic
-from utils.predict import MODEL_CARD, folder_table, load_predictor
+from utils.predict import folder_table, load_predictor
 
-DATA_FOLDER = config.PROJECT_ROOT.parent / "shared" / "data" / "rsna-bone-age-100"
-OUTPUT = config.RESULTS_DIR / "benchmarks" / "predict_speed.json"
+DATA_FOLDER = config.RSNA100_DIR
+OUTPUT = config.benchmarks_dir() / "predict_speed.json"
 PRESET = "rsna100"
 SYNTHETIC_IMAGES = 3000
 QUALITY_IMAGES = 300
@@ -47,34 +48,35 @@ QUALITY_IMAGES = 300
 
 def untrained_model_dir(folder: Path, data_folder: Path) -> Path:
     """The preset's architecture at its image size, untrained, exported like a trained run's."""
-    from utils.evaluation import fit_conformal
-    from utils.inference import export_onnx
-    from utils.model import build_model
+    from utils.conformal import fit_conformal
+    from utils.model_card import ModelCard
+    from utils.onnx_runtime import export_onnx
+    from utils.model import build_for_run
     from utils.preprocessing import load_images
     from utils.quality import QualityReference
 
-    parameters = config.load_parameters(PRESET)
-    model = build_model(
-        parameters["image_size"], architecture=parameters["architecture"], target_mean=127.0, target_std=41.0
-    )
+    parameters = load_parameters(PRESET)
+    model = build_for_run(parameters, target_mean=127.0, target_std=41.0)
     model.save(folder / "bone_age.keras")
     export_onnx(model, folder / "bone_age.onnx")
     table, _ = folder_table(data_folder)
     images = load_images(
-        table.head(QUALITY_IMAGES), parameters["image_size"], pad_to_square=parameters["pad_to_square"],
-        contrast=parameters["contrast"], cache_dir=folder, progress=False,
+        table.head(QUALITY_IMAGES), parameters.image_size, pad_to_square=parameters.pad_to_square,
+        contrast=parameters.contrast, cache_dir=folder, progress=False,
     )
     rng = np.random.default_rng(0)
     truth = rng.uniform(0, 228, 500)
-    card = {
-        "model": "bone_age.keras",
-        "image_size": parameters["image_size"],
-        "pad_to_square": parameters["pad_to_square"],
-        "contrast": parameters["contrast"],
-        "conformal": fit_conformal(truth, truth + rng.normal(0, 10, 500)).to_dict(),
-        "quality_reference": QualityReference.fit(images).to_dict(),
-    }
-    (folder / MODEL_CARD).write_text(json.dumps(card), encoding="utf-8")
+    card = ModelCard.from_run(
+        parameters,
+        calibration=fit_conformal(truth, truth + rng.normal(0, 10, 500)).to_dict(),
+        quality_reference=QualityReference.fit(images).to_dict(),
+        target_mean=127.0,
+        target_std=41.0,
+        metrics={},
+        split_counts={},
+        git_commit="untrained",
+    )
+    card.write(folder / "model_card.json")
     return folder
 
 
@@ -165,10 +167,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         folder, data_description = benchmark_data(scratch)
-        model_dir = arguments.model or config.DEFAULT_MODEL_DIR
+        model_dir = arguments.model or config.default_model_dir()
         if arguments.model is None and not (model_dir / "bone_age.onnx").is_file():
             model_dir = untrained_model_dir(Path(tempfile.mkdtemp(dir=scratch)), folder)
-            model_description = f"untrained '{config.load_parameters(PRESET)['architecture']}' model of preset {PRESET} (no trained model yet)"
+            model_description = f"untrained '{load_parameters(PRESET).architecture}' model of preset {PRESET} (no trained model yet)"
         else:
             model_description = str(model_dir)
         image = sorted((folder / "boneage-training-dataset").glob("*.png"))[0]

@@ -26,8 +26,8 @@ from utils import config
 from utils.files import write_json_atomic
 from utils.preprocessing import _preprocess_file, preprocess_paths
 
-DATA_ROOT = config.PROJECT_ROOT.parent / "shared" / "data"
-OUTPUT = config.RESULTS_DIR / "benchmarks" / "preprocessing_throughput.json"
+DATA_ROOT = config.SHARED_DATA_DIR
+OUTPUT = config.benchmarks_dir() / "preprocessing_throughput.json"
 # Image folders are globbed directly: the benchmark measures decoding, not the label loader.
 WORKLOADS = {
     "rsna-bone-age-100": {"pattern": "rsna-bone-age-100/*/*.png", "image_size": 96, "pad_to_square": False},

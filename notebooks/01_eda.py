@@ -35,11 +35,12 @@ import pandas as pd
 from IPython.display import display
 
 from utils import config, evaluation, plots, preprocessing, quality, study
+from utils.parameters import load_parameters
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
-rng = np.random.default_rng(parameters["seed"])
-pd.Series(parameters, dtype=object).to_frame("value")
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
+rng = np.random.default_rng(parameters.seed)
+pd.Series(parameters.to_dict(), dtype=object).to_frame("value")
 
 # %% [markdown]
 # ## The table
@@ -49,7 +50,7 @@ pd.Series(parameters, dtype=object).to_frame("value")
 # %%
 table = study.load_table(parameters, paths)
 table["age_band"] = evaluation.age_band(table["boneage"])
-print(f"{len(table):,} labelled radiographs from {study.dataset_folder(parameters, progress=False)}")
+print(f"{len(table):,} labelled radiographs from {study.dataset_folder(parameters)}")
 table.head()
 
 # %% [markdown]
@@ -81,7 +82,7 @@ print(f"male: {table['male'].mean():.1%} of images")
 # Measured on a random sample of the original files (before preprocessing).
 
 # %%
-sample = table.sample(min(len(table), 300), random_state=parameters["seed"])
+sample = table.sample(min(len(table), 300), random_state=parameters.seed)
 raw_images = [preprocessing.read_grayscale(path) for path in sample["path"]]
 image_stats = pd.DataFrame(
     {
@@ -101,7 +102,7 @@ image_stats.describe().round(1)
 grid_ids, grid_titles = [], []
 for label in band_order:
     band_rows = table[table["age_band"] == label]
-    picked = band_rows.sample(min(len(band_rows), 6), random_state=parameters["seed"]).sort_values("boneage")
+    picked = band_rows.sample(min(len(band_rows), 6), random_state=parameters.seed).sort_values("boneage")
     grid_ids.extend(picked.index)
     grid_titles.extend(
         f"{row.boneage / 12:.1f} y {'M' if row.male else 'F'}" for row in picked.itertuples()

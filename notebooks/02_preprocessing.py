@@ -39,12 +39,13 @@ import pandas as pd
 from IPython.display import display
 
 from utils import config, data, evaluation, model, plots, preprocessing, study
+from utils.parameters import load_parameters
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
 table = study.load_table(parameters, paths)
-print(f"{len(table):,} radiographs; image_size={parameters['image_size']}, "
-      f"pad_to_square={parameters['pad_to_square']}, contrast={parameters['contrast']!r}")
+print(f"{len(table):,} radiographs; image_size={parameters.image_size}, "
+      f"pad_to_square={parameters.pad_to_square}, contrast={parameters.contrast!r}")
 
 # %% [markdown]
 # ## Before and after
@@ -59,9 +60,9 @@ before = [
 after = [
     preprocessing.preprocess_image(
         preprocessing.read_grayscale(path),
-        parameters["image_size"],
-        pad_to_square=parameters["pad_to_square"],
-        contrast=parameters["contrast"],
+        parameters.image_size,
+        pad_to_square=parameters.pad_to_square,
+        contrast=parameters.contrast,
     )
     for path in examples["path"]
 ]
@@ -92,13 +93,13 @@ print(f"second load (from the cache): {time.perf_counter() - started:.2f} s")
 # test. Every later stage reads `split.csv`, so the split is made once per run.
 
 # %%
-split = data.split_dataset(table, parameters["split_fractions"], seed=parameters["seed"])
+split = data.split_dataset(table, parameters.split_fractions, seed=parameters.seed)
 data.write_split(paths.split, table, split)
 table["split"] = split.to_numpy()
 table["age_band"] = evaluation.age_band(table["boneage"])
 counts = table.pivot_table(index="age_band", columns="split", values="id", aggfunc="count", fill_value=0)
 counts = counts.reindex([label for _, _, label in evaluation.AGE_BANDS], fill_value=0)
-counts = counts[[name for name in study.SPLITS if name in counts.columns]]
+counts = counts[[name for name in config.SPLITS if name in counts.columns]]
 counts.loc["total"] = counts.sum()
 display(counts)
 summary = table.groupby("split").agg(
@@ -112,9 +113,7 @@ summary.round(1)
 # brightness and contrast); at validation and test time the model sees the image unchanged.
 
 # %%
-preview_model = model.build_model(
-    parameters["image_size"], architecture=parameters["architecture"], target_mean=0.0, target_std=1.0
-)
+preview_model = model.build_for_run(parameters, target_mean=0.0, target_std=1.0)
 augmentation = model.augmentation_pipeline(preview_model)
 first = images[table.index[table["split"] == "train"][0]]
 augmented = [first] + [

@@ -37,33 +37,28 @@ import json
 
 import keras
 
-from utils import config, model, plots, study, training
+from utils import config, evaluation, model, plots, study, training
+from utils.parameters import load_parameters
 from utils.files import write_json_atomic
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
 table = study.load_split_table(parameters, paths)
 images = study.load_images(table, parameters)
 train = study.split_arrays(table, images, "train")
 validation = study.split_arrays(table, images, "validation")
 target_mean, target_std = float(train[2].mean()), float(train[2].std())
 print(f"train {len(train[0]):,} · validation {len(validation[0]):,} images of "
-      f"{parameters['image_size']} px; target mean {target_mean:.1f} months, SD {target_std:.1f}")
+      f"{parameters.image_size} px; target mean {target_mean:.1f} months, SD {target_std:.1f}")
 
 # %% [markdown]
 # ## The model
 
 # %%
-keras.utils.set_random_seed(parameters["seed"])
-bone_age_model = model.build_model(
-    parameters["image_size"],
-    architecture=parameters["architecture"],
-    target_mean=target_mean,
-    target_std=target_std,
-    augment=parameters["augment"],
-)
-if parameters["init_weights"]:
-    print(model.load_initial_weights(bone_age_model, config.PROJECT_ROOT / parameters["init_weights"]))
+keras.utils.set_random_seed(parameters.seed)
+bone_age_model = model.build_for_run(parameters, target_mean=target_mean, target_std=target_std)
+if parameters.init_weights:
+    print(model.load_initial_weights(bone_age_model, config.PROJECT_ROOT / parameters.init_weights))
 bone_age_model.summary()
 
 # %% [markdown]
@@ -81,17 +76,20 @@ def fit(architecture, built_model, checkpoint_name, history_path, batch_size, le
         checkpoint_dir=paths.checkpoints / checkpoint_name,
         history_path=history_path,
         architecture=architecture,
-        epochs=parameters["epochs"],
+        epochs=parameters.epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        patience=parameters["patience"],
-        time_budget_seconds=parameters["time_budget_minutes"] * 60 if parameters["time_budget_minutes"] else None,
-        seed=parameters["seed"],
+        patience=parameters.patience,
+        time_budget_seconds=parameters.time_budget_seconds,
+        seed=parameters.seed,
+        training_options=parameters.training_options() if architecture == "ours" else None,
     )
 
 
+# The machine's speed beside the training throughput (machines of one kind differ by up to 2x).
+machine_gflops = evaluation.matmul_gflops()
 summary = fit(
-    parameters["architecture"], bone_age_model, "ours", paths.history, parameters["batch_size"], parameters["learning_rate"]
+    parameters.architecture, bone_age_model, "ours", paths.history, parameters.batch_size, parameters.learning_rate
 )
 bone_age_model.save(paths.model)
 print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_mae']:.2f} months · "
@@ -103,10 +101,10 @@ print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_
 
 # %%
 baseline_summary = None
-if parameters["train_seed_baseline"]:
-    keras.utils.set_random_seed(parameters["seed"])
-    baseline_model = model.build_model(
-        parameters["image_size"], architecture="seed_baseline", target_mean=target_mean, target_std=target_std
+if parameters.train_seed_baseline:
+    keras.utils.set_random_seed(parameters.seed)
+    baseline_model = model.build_for_run(
+        parameters, architecture="seed_baseline", target_mean=target_mean, target_std=target_std
     )
     baseline_summary = fit(
         "seed_baseline", baseline_model, "seed_baseline", paths.baseline_history, **model.SEED_BASELINE_TRAINING
@@ -115,8 +113,9 @@ if parameters["train_seed_baseline"]:
     print(f"seed baseline: best epoch {baseline_summary['best_epoch']} · validation MAE "
           f"{baseline_summary['best_val_mae']:.2f} months · {baseline_summary['training_seconds'] / 60:.1f} min")
 write_json_atomic(
-    paths.results / "training_summary.json",
-    {"ours": summary, "seed_baseline": baseline_summary, "target_mean": target_mean, "target_std": target_std},
+    paths.training_summary,
+    {"ours": summary, "seed_baseline": baseline_summary, "target_mean": target_mean, "target_std": target_std,
+     "numpy_fp32_matmul_gflops": machine_gflops},
 )
 
 # %% [markdown]

@@ -41,14 +41,15 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from utils import config, evaluation, inference, model, plots, quality, study
+from utils import config, conformal, evaluation, model, model_card, onnx_runtime, plots, preprocessing, quality, study
+from utils.parameters import TTA_MODES, load_parameters
 from utils.files import atomic_path
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
 table = study.load_split_table(parameters, paths)
 images = study.load_images(table, parameters)
-training_summary = json.loads((paths.results / "training_summary.json").read_text())
+training_summary = json.loads(paths.training_summary.read_text())
 bone_age_model = keras.models.load_model(paths.model)
 calibration = study.split_arrays(table, images, "calibration")
 test = study.split_arrays(table, images, "test")
@@ -57,16 +58,19 @@ print(f"calibration {len(calibration[0]):,} · test {len(test[0]):,} images")
 
 # %% [markdown]
 # ## Test-time augmentation: does it pay?
-# Averaging predictions over shifted copies costs several forward passes; it is used only when
-# the `tta` parameter says so. Here is what it would buy on the validation split.
+# Averaging predictions over transformed copies costs a forward pass per view; the run uses the
+# mode its `tta` parameter names: `none`, `shift` (sideways shifts by 3% of the width), `flip`
+# (the mirror image) or `shift_flip` (both, 6 views). Here is what each would buy on the
+# validation split.
 
 # %%
 validation = study.split_arrays(table, images, "validation")
 tta_check = {}
-for use_tta in (False, True):
+for mode in TTA_MODES:
     started = time.perf_counter()
-    predicted = model.predict_months(bone_age_model, validation[0], validation[1], tta=use_tta)
-    tta_check["with TTA" if use_tta else "plain"] = {
+    predicted = model.predict_months(bone_age_model, validation[0], validation[1], tta=mode)
+    tta_check[mode] = {
+        "views": len(preprocessing.tta_views(validation[0][:1], mode)),
         "validation_mae": float(np.abs(predicted - validation[2]).mean()),
         "seconds": time.perf_counter() - started,
     }
@@ -76,10 +80,10 @@ pd.DataFrame(tta_check).T.round(3)
 # ## Predictions, intervals and quality flags
 
 # %%
-calibration_pred = model.predict_months(bone_age_model, calibration[0], calibration[1], tta=parameters["tta"])
-test_table["boneage_pred"] = model.predict_months(bone_age_model, test[0], test[1], tta=parameters["tta"])
-conformal = evaluation.fit_conformal(calibration[2], calibration_pred, coverage=parameters["interval_coverage"])
-test_table["boneage_low"], test_table["boneage_high"] = conformal.interval(test_table["boneage_pred"].to_numpy())
+calibration_pred = model.predict_months(bone_age_model, calibration[0], calibration[1], tta=parameters.tta)
+test_table["boneage_pred"] = model.predict_months(bone_age_model, test[0], test[1], tta=parameters.tta)
+intervals = conformal.fit_conformal(calibration[2], calibration_pred, coverage=parameters.interval_coverage)
+test_table["boneage_low"], test_table["boneage_high"] = intervals.interval(test_table["boneage_pred"].to_numpy())
 train = study.split_arrays(table, images, "train")
 quality_reference = quality.QualityReference.fit(train[0])
 test_table["quality_score"], test_table["quality_flag"] = quality_reference.assess(test[0])
@@ -100,7 +104,7 @@ test_table[columns].head()
 # ## Speed
 
 # %%
-speed = model.measure_inference_speed(bone_age_model, parameters["image_size"])
+speed = model.measure_inference_speed(bone_age_model, parameters.image_size)
 speed
 
 # %% [markdown]
@@ -108,29 +112,31 @@ speed
 
 # %%
 metrics = evaluation.build_performance_metrics(
-    parameters=parameters,
+    parameters=parameters.to_dict(),
     dataset_name=study.dataset_name(parameters),
-    dataset_source=str(study.dataset_folder(parameters, progress=False)),
-    split_counts=table["split"].value_counts().reindex(study.SPLITS, fill_value=0).to_dict(),
+    dataset_source=str(study.dataset_folder(parameters)),
+    split_counts=table["split"].value_counts().reindex(config.SPLITS, fill_value=0).to_dict(),
     model_info={
-        "architecture": parameters["architecture"],
+        "architecture": parameters.architecture,
         "parameters_count": bone_age_model.count_params(),
-        "image_size": parameters["image_size"],
-        "path": str(paths.model.relative_to(config.PROJECT_ROOT)),
+        "image_size": parameters.image_size,
+        "path": config.display_path(paths.model),
     },
     y_true=test[2],
     y_pred=test_table["boneage_pred"].to_numpy(),
     male=test[1].astype(bool),
     train_ages=train[2],
     interval=(test_table["boneage_low"].to_numpy(), test_table["boneage_high"].to_numpy()),
-    interval_method=conformal.method,
-    interval_nominal=parameters["interval_coverage"],
+    interval_method=intervals.method,
+    interval_nominal=parameters.interval_coverage,
     baseline_pred=baseline_pred,
     timing={
         "training_seconds": training_summary["ours"]["training_seconds"],
         "training_images_per_second": training_summary["ours"]["train_images_per_second"],
         "inference_images_per_second": speed["batch_images_per_second"],
         "inference_seconds_single_image": speed["single_image_seconds"],
+        "numpy_fp32_matmul_gflops_at_training": training_summary.get("numpy_fp32_matmul_gflops"),
+        "numpy_fp32_matmul_gflops_at_evaluation": evaluation.matmul_gflops(),
     },
 )
 evaluation.write_performance_metrics(paths.metrics, metrics)
@@ -201,22 +207,25 @@ plots.save_figure(figure, paths.figures / "interval_coverage.png");
 
 # %% [markdown]
 # ## Model card and ONNX export
-# `models/<run>/model_card.json` holds what `python -m utils.predict` needs (preprocessing
-# parameters, interval calibration, quality reference) and the headline metrics;
-# `bone_age.onnx` is the same network for a fast start without TensorFlow.
+# `models/<run>/model_card.json` (schema in `utils/model_card.py`) holds what
+# `python -m utils.predict` needs (the network's inputs and output, the preprocessing, the
+# test-time augmentation, the interval calibration, the quality reference) and where the model
+# came from (parameters, command, commit, headline metrics); `bone_age.onnx` is the same network
+# for a fast start without TensorFlow.
 
 # %%
-inference.export_onnx(paths.model, paths.models / "bone_age.onnx")
-study.write_model_card(
-    paths,
+onnx_runtime.export_onnx(paths.model, paths.models / "bone_age.onnx")
+card = model_card.ModelCard.from_run(
     parameters,
     overrides=overrides,
+    calibration=intervals.to_dict(),
+    quality_reference=quality_reference.to_dict(),
     target_mean=training_summary["target_mean"],
     target_std=training_summary["target_std"],
-    conformal=conformal.to_dict(),
-    quality_reference=quality_reference.to_dict(),
-    split_counts=metrics["dataset"]["splits"],
     metrics={key: metrics[key] for key in headline},
+    split_counts=metrics["dataset"]["splits"],
     git_commit=metrics["run"]["git_commit"],
+    model=paths.model.name,
 )
-print(f"model card: {paths.model_card}")
+card.write(paths.model_card)
+print(f"model card (version {card.card_version}, tta {card.tta!r}): {paths.model_card}")

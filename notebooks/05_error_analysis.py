@@ -38,9 +38,10 @@ import pandas as pd
 from IPython.display import display
 
 from utils import config, evaluation, explain, plots, study
+from utils.parameters import load_parameters
 
-parameters = config.load_parameters(preset, overrides)
-paths = config.run_paths(parameters)
+parameters = load_parameters(preset, overrides)
+paths = config.RunPaths(parameters.run_name).make()
 table = study.load_split_table(parameters, paths)
 images = study.load_images(table, parameters, progress=False)
 image_by_id = dict(zip(table["id"], images))

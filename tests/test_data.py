@@ -13,7 +13,7 @@ import pytest
 
 from utils import config, data
 
-SHARED_DATA = config.PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = config.SHARED_DATA_DIR
 FRACTIONS = {"train": 0.7, "validation": 0.1, "calibration": 0.05, "test": 0.15}
 
 
@@ -453,7 +453,7 @@ def test_split_keeps_the_source_test_rows_in_test():
 def test_split_of_tiny_strata():
     table = synthetic_table(3)
     split = data.split_dataset(table, FRACTIONS, seed=0)
-    assert len(split) == 3 and set(split) <= set(data.STUDY_SPLITS)
+    assert len(split) == 3 and set(split) <= set(config.SPLITS)
     assert data.split_dataset(table.iloc[:0], FRACTIONS, seed=0).empty
 
 

@@ -8,6 +8,7 @@ from keras import layers
 
 from utils import explain
 from utils.model import build_model
+from utils.parameters import load_parameters
 
 SIZE = 32
 HALF = SIZE // 2
@@ -146,7 +147,8 @@ def test_a_trained_model_looks_at_the_square_that_sets_the_target():
 @pytest.mark.parametrize("architecture", ["ours", "seed_baseline"])
 def test_the_project_models_work(architecture, noisy_images):
     keras.utils.set_random_seed(4)
-    model = build_model(SIZE, architecture=architecture, target_mean=120.0, target_std=40.0)
+    options = load_parameters("ci").network_options() if architecture == "ours" else {}
+    model = build_model(SIZE, architecture=architecture, target_mean=120.0, target_std=40.0, **options)
     heatmaps = explain.grad_cam(model, noisy_images, np.array([0, 1, 0, 1, 0]))
     assert heatmaps.shape == (5, SIZE, SIZE) and np.all(np.isfinite(heatmaps))
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from utils.parameters import load_parameters
 from utils.model import (
     LAST_CONV_LAYER,
     build_model,
@@ -13,7 +14,7 @@ from utils.model import (
 )
 
 SIZE = 32
-TINY = {"widths": (4, 8), "dense_units": 8}
+TINY = {**load_parameters("ci").network_options(), "widths": (4, 8), "dense_units": 8}
 
 
 def tiny_model(**options):
@@ -136,7 +137,7 @@ def test_load_initial_weights_copies_matching_layers(tmp_path, file_name):
 def test_load_initial_weights_skips_mismatched_shapes(tmp_path):
     source = tiny_model()
     source.save(tmp_path / "source.keras")
-    wider = build_model(SIZE, target_mean=100.0, target_std=40.0, widths=(4, 16), dense_units=8)
+    wider = build_model(SIZE, target_mean=100.0, target_std=40.0, **{**TINY, "widths": (4, 16)})
     report = load_initial_weights(wider, tmp_path / "source.keras")
     assert "stem_conv" in report["loaded"]
     assert "shapes differ" in report["skipped"][LAST_CONV_LAYER + "_conv"]
@@ -146,3 +147,29 @@ def test_load_initial_weights_refuses_other_files(tmp_path):
     (tmp_path / "weights.txt").write_text("no")
     with pytest.raises(ValueError, match="weights.txt"):
         load_initial_weights(tiny_model(), tmp_path / "weights.txt")
+
+
+def test_residual_blocks_start_as_the_identity_and_end_at_the_last_conv():
+    model = tiny_model(block="residual")
+    names = {layer.name for layer in model.layers}
+    assert {"stage1_residual1_add", "stage2_residual1_project", LAST_CONV_LAYER} <= names
+    # The second BatchNorm of each block starts at zero scale: the block adds nothing yet.
+    assert not np.any(model.get_layer("stage1_residual1_b_bn").gamma.numpy())
+    assert tiny_model(block="residual").count_params() > tiny_model().count_params()
+
+
+def test_our_network_needs_every_option_from_the_parameters():
+    options = dict(TINY)
+    del options["dropout"]
+    with pytest.raises(ValueError, match=r"missing option\(s\) \['dropout'\]"):
+        build_model(SIZE, target_mean=0.0, target_std=1.0, **options)
+
+
+@pytest.mark.parametrize("loss, expected", [("huber", keras.losses.Huber), ("l1", keras.losses.MeanAbsoluteError)])
+def test_the_loss_parameter_chooses_the_loss(loss, expected):
+    from utils.model import compile_model
+
+    model = tiny_model()
+    options = {**load_parameters("ci").training_options(), "loss": loss, "ema": True}
+    compile_model(model, architecture="ours", learning_rate=1e-3, steps_per_epoch=4, epochs=2, **options)
+    assert isinstance(model.loss, expected) and model.optimizer.use_ema

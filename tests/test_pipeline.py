@@ -102,10 +102,10 @@ def test_nbconvert_executes_each_notebook_as_users_ci_does(stage, tmp_path):
 def test_model_card_command_reproduces_the_overrides():
     import shlex
 
-    from utils import study
+    from utils import model_card
 
-    overrides = {"run_name": "x y", "epochs": 60, "tta": True, "split_fractions": {"train": 0.7, "test": 0.3}}
-    words = shlex.split(study.run_command("rsna100", overrides))
+    overrides = {"run_name": "x y", "epochs": 60, "tta": "shift_flip", "split_fractions": {"train": 0.7, "test": 0.3}}
+    words = shlex.split(model_card.run_command("rsna100", overrides))
     assert words[:5] == ["python", "-m", "utils.pipeline", "--preset", "rsna100"]
     pairs = [(words[index + 1], words[index + 2]) for index in range(5, len(words), 3)]
     assert pipeline.parse_overrides(pairs) == overrides

@@ -1,5 +1,6 @@
 """The prediction command end to end, on a tiny model folder built here: JSON, CSV, DICOM, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,15 +16,17 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from utils.evaluation import fit_conformal
-from utils.inference import export_onnx
+from utils import predict
+from utils.conformal import fit_conformal
+from utils.model import predict_months
+from utils.model_card import ModelCard, Preprocessing
+from utils.onnx_runtime import export_onnx
 from utils.predict import PREDICTION_COLUMNS, dicom_demographics, load_predictor, resolve_model
 from utils.quality import QualityReference
 from utils.synthetic import render_hand
 
-from test_inference import IMAGE_SIZE, tiny_model  # the same tiny model, with an augmentation layer
+from test_onnx_runtime import IMAGE_SIZE, tiny_model  # the same tiny model, with an augmentation layer
 
-CARD = {"image_size": IMAGE_SIZE, "pad_to_square": True, "contrast": "clahe"}
 JSON_KEYS = {
     "file", "bone_age_months", "bone_age_years", "interval", "quality_flag", "quality_score", "sex", "sex_source", "model",
 }
@@ -48,8 +51,29 @@ def model_dir(tmp_path_factory) -> Path:
     ])
     truth = rng.uniform(0, 228, 200)
     interval = fit_conformal(truth, truth + rng.normal(0, 10, 200), coverage=0.9)
-    card = {**CARD, "conformal": interval.to_dict(), "quality_reference": QualityReference.fit(training_images).to_dict()}
-    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+    ModelCard(
+        preprocessing=Preprocessing(image_size=IMAGE_SIZE, pad_to_square=True, contrast="clahe"),
+        tta="none",
+        calibration=interval.to_dict(),
+        quality_reference=QualityReference.fit(training_images).to_dict(),
+        target_mean=120.0,
+        target_std=40.0,
+        metrics={},
+        split_counts={},
+        parameters={"preset": "unit"},
+        command="python -m utils.pipeline --preset unit",
+        git_commit="unknown",
+    ).write(folder / "model_card.json")
+    return folder
+
+
+def copy_model_dir(model_dir: Path, folder: Path, names=("bone_age.keras", "bone_age.onnx", "model_card.json"), **card_changes) -> Path:
+    """A copy of the test model folder (some of its files), its card changed by `card_changes`."""
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    if card_changes:
+        dataclasses.replace(ModelCard.read(model_dir / "model_card.json"), **card_changes).write(folder / "model_card.json")
     return folder
 
 
@@ -315,3 +339,33 @@ def test_gradcam_without_the_keras_model_fails_before_writing(model_dir, tmp_pat
     assert result.returncode == 1
     assert str(onnx_only / "bone_age.keras") in result.stderr and "--gradcam" in result.stderr
     assert result.stdout == "" and not out.exists() and not (tmp_path / "cams").exists()
+
+
+def test_importing_the_command_loads_neither_tensorflow_nor_keras():
+    code = "import sys, utils.predict; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_the_cards_tta_mode_is_the_one_predicted_with(model_dir, tmp_path):
+    folder = copy_model_dir(model_dir, tmp_path / "flipped", tta="shift_flip")
+    predictor = load_predictor(folder)
+    assert predictor.tta == "shift_flip" and predictor.model_path.suffix == ".onnx"
+    images = np.random.default_rng(1).integers(0, 256, (6, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    male = np.array([0, 1, 0, 1, 1, 0])
+    predicted = predictor.predict_images(images, male)["boneage_pred"].to_numpy()
+    keras_model = keras.models.load_model(model_dir / "bone_age.keras")
+    np.testing.assert_allclose(predicted, predict_months(keras_model, images, male, tta="shift_flip"), atol=1e-3)
+    assert not np.allclose(predicted, load_predictor(model_dir).predict_images(images, male)["boneage_pred"])
+
+
+@pytest.mark.parametrize("hand_crop", ["none", "box"])
+def test_the_cards_hand_crop_reaches_the_preprocessing(model_dir, tmp_path, monkeypatch, hand_crop):
+    folder = copy_model_dir(model_dir, tmp_path / "cropped", names=("bone_age.onnx",),
+                            preprocessing=Preprocessing(IMAGE_SIZE, pad_to_square=False, contrast="percentile", hand_crop=hand_crop))
+    calls = []
+    monkeypatch.setattr(predict, "preprocess_image", lambda image, size, **options: calls.append((size, options)) or image)
+    load_predictor(folder).preprocess(write_png(tmp_path / "hand.png"))
+    (size, options), = calls
+    assert size == IMAGE_SIZE and options["pad_to_square"] is False and options["contrast"] == "percentile"
+    assert options.get("hand_crop", "none") == hand_crop

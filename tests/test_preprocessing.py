@@ -1,5 +1,6 @@
 """Decoding of every image kind, preprocessing, and the .npy cache of utils.preprocessing."""
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,9 +14,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from utils import config, preprocessing
-from utils.preprocessing import ImageError, load_images, preprocess_image, preprocess_paths, read_grayscale
+from utils.preprocessing import (
+    ImageError,
+    crop_to_hand,
+    load_images,
+    preprocess_image,
+    preprocess_paths,
+    read_grayscale,
+)
+from utils.synthetic import Anatomy, Pose, draw_layers, expose, render_hand, sample_anatomy
 
-SHARED_DATA = config.PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = config.SHARED_DATA_DIR
 
 
 def square_on_background(background, square, dtype=np.uint8, shape=(40, 60)):
@@ -226,6 +235,247 @@ def test_preprocess_refuses_what_read_grayscale_never_returns(image):
         preprocess_image(image, 8)
 
 
+# --- crop_to_hand and the hand_crop option ----------------------------------------------------------
+
+
+def clean_hand(image_size=128, pose=Pose()):
+    """A noise-free synthetic hand on black, uint8 (S, S), drawn by utils.synthetic; the hand
+    covers about a quarter of the image."""
+    tissue, bone = draw_layers(10.0, image_size, Anatomy(), pose)
+    return np.rint(255.0 * (1.0 - np.exp(-(0.6 * tissue + 0.8 * bone)))).astype(np.uint8)
+
+
+def hand_in_corner():
+    """A 224 px hand near the bottom-right corner of a black 500 x 700 canvas (4% of it)."""
+    canvas = np.zeros((500, 700), np.uint8)
+    canvas[270:494, 470:694] = clean_hand(224)
+    return canvas
+
+
+def locate(image, crop):
+    """(row, column) of the top-left corner of `crop` in `image`, of which it is an exact copy."""
+    differences = cv2.matchTemplate(image, crop, cv2.TM_SQDIFF)
+    _, _, _, (column, row) = cv2.minMaxLoc(-differences)
+    np.testing.assert_array_equal(image[row : row + crop.shape[0], column : column + crop.shape[1]], crop)
+    return row, column
+
+
+def fraction_inside(points, crop_shape, corner):
+    """Fraction of (rows, columns) `points` that lie inside a crop of `crop_shape` at `corner`."""
+    rows, columns = points
+    inside_rows = (rows >= corner[0]) & (rows < corner[0] + crop_shape[0])
+    inside_columns = (columns >= corner[1]) & (columns < corner[1] + crop_shape[1])
+    return float(np.mean(inside_rows & inside_columns))
+
+
+def test_crop_finds_a_small_hand_in_a_corner():
+    canvas = hand_in_corner()
+    crop = crop_to_hand(canvas)
+    assert crop.dtype == np.uint8 and crop.size < 0.15 * canvas.size
+    assert fraction_inside(np.nonzero(canvas > 20), crop.shape, locate(canvas, crop)) == 1.0
+
+
+def test_crop_finds_an_off_centre_hand():
+    image = clean_hand(256, Pose(shift=(-0.2, -0.1), scale=0.8))  # left of the centre
+    image[image == 0] = 12  # a fogged film rather than pure black
+    crop = crop_to_hand(image)
+    row, column = locate(image, crop)
+    assert crop.shape[1] < 0.6 * image.shape[1] and column + crop.shape[1] / 2 < 128 - 30
+    assert fraction_inside(np.nonzero(image > 30), crop.shape, (row, column)) == 1.0
+
+
+def realistic_hand(seed, image_size=192):
+    """A synthetic radiograph with the nuisances of real ones (exposure, noise, blur, side marker,
+    sometimes collimation), its hand tilted and shifted at random; and the hand's soft-tissue mask."""
+    rng = np.random.default_rng(seed)
+    pose = Pose(rotation=rng.uniform(-20, 20), shift=(rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)), scale=0.75)
+    tissue, bone = draw_layers(rng.uniform(2, 16), image_size, sample_anatomy(rng), pose)
+    return expose(tissue, bone, rng), tissue > 0.05 * tissue.max()
+
+
+def test_crop_never_cuts_a_realistic_hand():
+    cropped = 0
+    for seed in range(12):
+        image, hand = realistic_hand(seed)
+        crop = crop_to_hand(image)
+        assert fraction_inside(np.nonzero(hand), crop.shape, locate(image, crop)) > 0.98, f"seed {seed}"
+        cropped += crop.size < 0.8 * image.size
+    assert cropped >= 6  # a crop that is always the whole image would pass the above
+
+
+@pytest.mark.parametrize("angle", [30, -30, 15])
+def test_rotate_turns_a_tilted_bar_upright(angle):
+    image = np.zeros((300, 300), np.uint8)
+    corners = cv2.boxPoints(((150, 150), (40, 160), angle))
+    cv2.fillPoly(image, [np.round(corners).astype(np.int32)], 255)
+    assert crop_to_hand(image, margin=0).shape[1] > 75  # the tilted bar's box is wide
+    upright = crop_to_hand(image, rotate=True, margin=0)
+    rows, columns = np.nonzero(upright > 127)
+    assert rows.max() - rows.min() + 1 == pytest.approx(160, abs=3)
+    assert columns.max() - columns.min() + 1 == pytest.approx(40, abs=3)
+    # The box is found at half resolution (the working long side is at most 256 px).
+    assert upright.shape == pytest.approx((160, 40), abs=6)
+
+
+@pytest.mark.parametrize("angle", [30, -30])
+def test_rotate_turns_a_tilted_hand_upright(angle):
+    canvas = np.zeros((320, 320), np.uint8)
+    canvas[80:240, 80:240] = clean_hand(160)
+    tilted = cv2.warpAffine(canvas, cv2.getRotationMatrix2D((160, 160), angle, 1.0), (320, 320))
+    upright = crop_to_hand(tilted, rotate=True)
+    _, hand = cv2.threshold(upright, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, (width, height), rectangle_angle = cv2.minAreaRect(cv2.findNonZero(hand))
+    assert abs((rectangle_angle + 45) % 90 - 45) < 3  # the hand's rectangle now has upright sides
+    assert upright.shape[0] > 1.3 * upright.shape[1]  # its long side vertical
+    box = crop_to_hand(tilted)
+    assert upright.shape[0] / upright.shape[1] > box.shape[0] / box.shape[1] + 0.3
+
+
+def test_margin_grows_the_box_within_the_image():
+    image = np.zeros((200, 240), np.uint8)
+    image[50:150, 100:150] = 200  # 100 tall, 50 wide
+    assert crop_to_hand(image, margin=0).shape == pytest.approx((100, 50), abs=1)
+    assert crop_to_hand(image, margin=0.1).shape == pytest.approx((120, 60), abs=2)
+    corner = np.zeros((200, 240), np.uint8)
+    corner[:100, :50] = 200  # the margin is clipped at the top and left edges
+    assert crop_to_hand(corner, margin=0.1).shape == pytest.approx((110, 55), abs=2)
+
+
+NO_HAND = {
+    "blank": np.zeros((90, 120), np.uint8),
+    "constant": np.full((90, 120), 128, np.uint8),
+    "white": np.full((50, 70), 255, np.uint8),
+    "noise 100 px": np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8),
+    "noise 300x200": np.random.default_rng(1).integers(0, 256, (300, 200), dtype=np.uint8),
+    "gaussian noise": np.clip(np.random.default_rng(2).normal(128, 40, (240, 180)), 0, 255).astype(np.uint8),
+}
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("name", NO_HAND)
+def test_image_without_a_hand_is_returned_unchanged(name, rotate):
+    image = NO_HAND[name]
+    output = crop_to_hand(image, rotate=rotate)
+    assert output.dtype == np.uint8 and output.shape == image.shape
+    np.testing.assert_array_equal(output, image)
+
+
+def test_a_bright_band_along_a_side_is_not_taken_for_the_hand():
+    image = np.rint(0.35 * clean_hand(200)).astype(np.uint8)  # a faint hand
+    image[170:] = 230  # a collimator edge across the bottom, brighter than the hand
+    np.testing.assert_array_equal(crop_to_hand(image), image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (3, 200), (200, 3)])
+def test_tiny_images_give_a_non_empty_crop(shape):
+    image = (np.arange(np.prod(shape)) * 37 % 256).astype(np.uint8).reshape(shape)
+    for rotate in (False, True):
+        output = crop_to_hand(image, rotate=rotate)
+        assert output.dtype == np.uint8 and output.ndim == 2 and output.size > 0
+
+
+@pytest.mark.parametrize(
+    "image, margin, problem",
+    [
+        (np.zeros((8, 8), np.float32), 0.05, "2-D uint8"),
+        (np.zeros((8, 8, 3), np.uint8), 0.05, "2-D uint8"),
+        (np.zeros((0, 5), np.uint8), 0.05, "2-D uint8"),
+        (np.zeros((8, 8), np.uint8), -0.1, "margin"),
+        (np.zeros((8, 8), np.uint8), float("nan"), "margin"),
+    ],
+)
+def test_crop_refuses_bad_arguments(image, margin, problem):
+    with pytest.raises(ValueError, match=problem):
+        crop_to_hand(image, margin=margin)
+
+
+def test_crop_keeps_the_hand_of_a_real_radiograph():
+    path = SHARED_DATA / "rsna-fullres-sample" / "boneage-training-dataset" / "1437.png"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    image = read_grayscale(path)  # 1600 x 2080, background already black in this sample
+    for rotate in (False, True):
+        crop = crop_to_hand(image, rotate=rotate)
+        assert crop.size < 0.85 * image.size
+        assert crop.sum(dtype=np.int64) > 0.99 * image.sum(dtype=np.int64)  # all of the hand
+
+
+@pytest.mark.parametrize("hand_crop", ["box", "rotated"])
+def test_preprocess_image_crops_to_the_hand_first(hand_crop):
+    canvas = hand_in_corner()
+    output = preprocess_image(canvas, 64, contrast="none", hand_crop=hand_crop)
+    assert output.dtype == np.uint8 and output.shape == (64, 64)
+    expected = preprocess_image(crop_to_hand(canvas, rotate=hand_crop == "rotated"), 64, contrast="none")
+    np.testing.assert_array_equal(output, expected)
+    uncropped = preprocess_image(canvas, 64, contrast="none")
+    assert (output > 20).mean() > 4 * (uncropped > 20).mean()  # the hand fills the image, not a corner
+    np.testing.assert_array_equal(uncropped, preprocess_image(canvas, 64, contrast="none", hand_crop="none"))
+    radiograph = render_hand(120, True, np.random.default_rng(0), 128)
+    assert preprocess_image(radiograph, 64, hand_crop=hand_crop).shape == (64, 64)  # with CLAHE
+
+
+UNKNOWN_HAND_CROP = {
+    "preprocess_image": lambda path: preprocess_image(np.zeros((8, 8), np.uint8), 8, hand_crop="bogus"),
+    "preprocess_paths": lambda path: preprocess_paths(
+        [path], 8, pad_to_square=True, contrast="none", hand_crop="bogus", progress=False
+    ),
+    "load_images": lambda path: load_images(
+        pd.DataFrame({"path": [str(path)]}), 8, pad_to_square=True, contrast="none", hand_crop="bogus",
+        cache_dir=path.parent / "cache", progress=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("function", UNKNOWN_HAND_CROP)
+def test_unknown_hand_crop_lists_the_options(tmp_path, function):
+    (path,) = write_images(tmp_path, 1)
+    with pytest.raises(ValueError, match="'bogus'; expected one of: none, box, rotated"):
+        UNKNOWN_HAND_CROP[function](path)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_preprocess_paths_applies_the_hand_crop(tmp_path):
+    paths = write_images(tmp_path, 3)
+    images = preprocess_paths(paths, 16, pad_to_square=True, contrast="none", hand_crop="rotated", progress=False)
+    for path, image in zip(paths, images):
+        expected = preprocess_image(read_grayscale(path), 16, contrast="none", hand_crop="rotated")
+        np.testing.assert_array_equal(image, expected)
+    assert not np.array_equal(images, preprocess_paths(paths, 16, pad_to_square=True, contrast="none", progress=False))
+
+
+def test_hand_crop_has_its_own_cache_file(tmp_path, decode_count):
+    table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})
+    cache_dir = tmp_path / "cache"
+    parameters = {"image_size": 16, "pad_to_square": True, "contrast": "none", "cache_dir": cache_dir, "progress": False}
+    plain = load_images(table, **parameters)
+    cropped = load_images(table, hand_crop="box", **parameters)
+    again = load_images(table, hand_crop="box", **parameters)
+    assert len(decode_count) == 6  # the second "box" load is a cache hit
+    assert not np.array_equal(plain, cropped)
+    np.testing.assert_array_equal(cropped, again)
+    box_files = list(cache_dir.glob("*-boxcrop-*.npy"))
+    plain_files = [path for path in cache_dir.glob("*.npy") if path not in box_files]
+    assert len(box_files) == 1 and len(plain_files) == 1
+    assert json.loads(box_files[0].with_suffix(".json").read_text())["hand_crop"] == "box"
+    assert json.loads(plain_files[0].with_suffix(".json").read_text())["hand_crop"] == "none"
+
+
+def test_cache_key_without_hand_crop_is_that_of_earlier_caches(tmp_path):
+    # Caches written before hand_crop existed must stay valid: "none" adds nothing to the key.
+    paths = write_images(tmp_path, 2)
+    table = pd.DataFrame({"path": [str(path) for path in paths]})
+    load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=tmp_path / "cache", progress=False)
+    key_inputs = {
+        "image_size": 16,
+        "pad_to_square": True,
+        "contrast": "clahe",
+        "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
+        "files": [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for path in paths],
+    }
+    key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode("utf-8")).hexdigest()
+    assert [path.name for path in (tmp_path / "cache").glob("*.npy")] == [f"images-16px-pad-clahe-{key[:16]}.npy"]
+
+
 # --- preprocess_paths ------------------------------------------------------------------------------
 
 
@@ -319,7 +569,7 @@ def test_cache_rows_follow_the_table(tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    [{"image_size": 20}, {"pad_to_square": False}, {"contrast": "percentile"}],
+    [{"image_size": 20}, {"pad_to_square": False}, {"contrast": "percentile"}, {"hand_crop": "box"}],
 )
 def test_parameter_change_recomputes(tmp_path, decode_count, change):
     table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})

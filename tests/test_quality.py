@@ -12,7 +12,7 @@ from utils import config
 from utils.quality import QualityReference, image_features
 
 IMAGE_SIZE = 64
-RSNA_100 = config.PROJECT_ROOT.parent / "shared" / "data" / "rsna-bone-age-100"
+RSNA_100 = config.RSNA100_DIR
 
 
 def draw_hand(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:

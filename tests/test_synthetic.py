@@ -44,7 +44,7 @@ def test_kaggle_layout_columns_types_and_ranges(tmp_path):
     assert list(table.columns) == ["id", "boneage", "male"]
     assert pd.api.types.is_integer_dtype(table["id"]) and table["id"].is_unique
     assert pd.api.types.is_integer_dtype(table["boneage"])
-    assert table["boneage"].between(0, synthetic.MAX_AGE_MONTHS).all()
+    assert table["boneage"].between(0, synthetic.OLDEST_GENERATED_MONTHS).all()
     assert pd.api.types.is_bool_dtype(table["male"]) and table["male"].nunique() == 2
     for case_id in table["id"]:
         image = cv2.imread(str(folder / synthetic.IMAGE_FOLDER / f"{case_id}.png"), cv2.IMREAD_UNCHANGED)
@@ -92,7 +92,7 @@ def test_exposure_keeps_bone_brighter_than_soft_tissue_brighter_than_background(
 
 
 def test_ossified_share_grows_with_age_and_girls_run_ahead():
-    ages = np.arange(0, synthetic.MAX_AGE_MONTHS + 1, 12)
+    ages = np.arange(0, synthetic.OLDEST_GENERATED_MONTHS + 1, 12)
     boys = [bone_fraction(age, True) for age in ages]
     girls = [bone_fraction(age, False) for age in ages]
     assert spearmanr(ages, boys).statistic > 0.8
@@ -111,7 +111,7 @@ def test_carpal_centres_appear_in_order():
 def test_ages_resemble_rsna_and_labels_are_integer_months():
     rng = np.random.default_rng(0)
     ages = np.array([synthetic.sample_age_months(rng) for _ in range(3000)])
-    assert ages.min() >= 0 and ages.max() <= synthetic.MAX_AGE_MONTHS
+    assert ages.min() >= 0 and ages.max() <= synthetic.OLDEST_GENERATED_MONTHS
     assert 0.75 < np.mean((ages >= 60) & (ages <= 204)) < 0.97
     assert 0.005 < np.mean(ages < 24) < 0.05
 

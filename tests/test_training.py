@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from utils.model import build_model, load_initial_weights, predict_months
+from utils.parameters import load_parameters
 from utils.training import make_dataset, train_model
 
 SIZE = 32
-TINY = {"widths": (4, 8), "dense_units": 8}
+CI = load_parameters("ci")
+TINY = {**CI.network_options(), "widths": (4, 8), "dense_units": 8}
 
 
 def tiny_data(n, seed):
@@ -33,8 +35,10 @@ def fit(model, tmp_path, **overrides):
     arguments = dict(
         checkpoint_dir=tmp_path / "checkpoints", history_path=tmp_path / "history.json", epochs=2,
         batch_size=16, learning_rate=1e-3, patience=5, seed=0, progress=False,
+        training_options=CI.training_options(),
     )
-    return train_model(model, TRAIN, VALIDATION, **{**arguments, **overrides})
+    train = overrides.pop("train", TRAIN)
+    return train_model(model, train, VALIDATION, **{**arguments, **overrides})
 
 
 class InterruptInEpoch(keras.callbacks.Callback):
@@ -114,7 +118,10 @@ def test_finished_run_is_not_trained_again(tmp_path):
 
 @pytest.mark.parametrize(
     "change, differs",
-    [({"learning_rate": 5e-4}, "learning_rate"), ({"seed": 1}, "seed"), ({"network": {"dropout": 0.5}}, "network_sha256")],
+    [({"learning_rate": 5e-4}, "learning_rate"), ({"seed": 1}, "seed"), ({"network": {"dropout": 0.5}}, "network_sha256"),
+     ({"training_options": {**CI.training_options(), "loss": "l1"}}, "training_options"),
+     # The same labels and size with inverted images: only the content differs.
+     ({"train": (255 - TRAIN[0], *TRAIN[1:])}, "train_data_sha256")],
 )
 def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, change, differs):
     fit(tiny_model(), tmp_path, epochs=1)
@@ -157,3 +164,25 @@ def test_transfer_learning_then_fine_tuning(tmp_path):
             np.testing.assert_array_equal(expected, found)
     history = fit(target, tmp_path / "b", epochs=1, learning_rate=1e-4)
     assert np.isfinite(history["val_mae"][0])
+
+
+def test_ema_validates_and_keeps_the_averaged_weights(tmp_path):
+    model = tiny_model()
+    options = {**CI.training_options(), "ema": True, "ema_momentum": 0.5}
+    history = fit(model, tmp_path, epochs=2, training_options=options)
+    assert np.isfinite(history["val_mae"]).all()
+    best = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
+    last = keras.models.load_model(tmp_path / "checkpoints" / "last.keras")
+    # best.keras holds the averages, last.keras the raw weights that training resumes from.
+    differs = [not np.array_equal(a, b) for a, b in zip(best.get_weights(), last.get_weights())]
+    assert history["best_epoch"] == 2 and any(differs)
+    # Resuming with more epochs continues from the saved optimizer (EMA variables included).
+    assert fit(tiny_model(), tmp_path, epochs=3, training_options=options)["epoch"] == [1, 2, 3]
+
+
+def test_leftover_temporary_checkpoints_are_removed(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    leftover = tmp_path / "checkpoints" / ".best.abc123.keras"
+    leftover.write_bytes(b"")
+    fit(tiny_model(), tmp_path, epochs=1)
+    assert not leftover.exists()

@@ -1,63 +1,60 @@
-"""Where things live and which parameters a run uses: both defined once, here and in presets.yaml."""
+"""Where things live, defined once: the project's folders, every file of a run, the age range
+and the split names. The lowest floor of `utils`: it imports no other module of the project.
+
+The results and models roots can be redirected with the environment variables
+BONE_AGE_RESULTS_DIR and BONE_AGE_MODELS_DIR (the tests run the study in a temporary folder).
+"""
 
 from __future__ import annotations
 
-import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_FILE = PROJECT_ROOT / "presets.yaml"
 DATA_DIR = PROJECT_ROOT / "data"
 CACHE_DIR = DATA_DIR / "cache"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
-RESULTS_DIR = PROJECT_ROOT / "results"
-MODELS_DIR = PROJECT_ROOT / "models"
-DEFAULT_MODEL_DIR = MODELS_DIR / "rsna100"
+# The real RSNA data of this workplace, beside the project (never committed; see its README).
+SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+RSNA100_DIR = SHARED_DATA_DIR / "rsna-bone-age-100"
+FULLRES_SAMPLE_DIR = SHARED_DATA_DIR / "rsna-fullres-sample"
+COMMITTED_RUN = "rsna100"
 # Bone ages and chronological ages the study accepts (RSNA labels run 1..228 months).
 MAX_AGE_MONTHS = 240
+# The study's splits: fit, early stopping, interval calibration, the reported numbers.
+SPLITS = ("train", "validation", "calibration", "test")
+
+
+def results_root() -> Path:
+    return Path(os.environ.get("BONE_AGE_RESULTS_DIR") or PROJECT_ROOT / "results")
+
+
+def models_root() -> Path:
+    return Path(os.environ.get("BONE_AGE_MODELS_DIR") or PROJECT_ROOT / "models")
+
+
+def default_model_dir() -> Path:
+    """The model the prediction command uses without --model: the committed one."""
+    return PROJECT_ROOT / "models" / COMMITTED_RUN
+
+
+def benchmarks_dir() -> Path:
+    return results_root() / "benchmarks"
+
+
+def display_path(path) -> str:
+    """A path as records show it: relative to the project when inside it (as committed files are)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def clip_to_age_range(months):
     """Estimates limited to the 0..MAX_AGE_MONTHS the data hold (intervals are clipped the same way)."""
     return np.clip(months, 0, MAX_AGE_MONTHS)
-
-
-def read_presets(presets_file=PRESETS_FILE) -> dict:
-    with open(presets_file, encoding="utf-8") as handle:
-        presets = yaml.safe_load(handle)
-    if not isinstance(presets, dict) or "defaults" not in presets or "presets" not in presets:
-        raise ValueError(f"{presets_file}: expected the keys 'defaults' and 'presets'")
-    return presets
-
-
-def load_parameters(preset: str = "demo", overrides: dict | None = None, presets_file=PRESETS_FILE) -> dict:
-    """The parameters of a run: `defaults`, then the preset, then `overrides`.
-
-    An override of a name that `defaults` does not know is refused, so that a typo
-    (`-p epoch 5`) cannot silently run with the default.
-    """
-    presets = read_presets(presets_file)
-    if preset not in presets["presets"]:
-        raise ValueError(
-            f"unknown preset {preset!r}; {presets_file} defines: {', '.join(presets['presets'])}"
-        )
-    parameters = copy.deepcopy(presets["defaults"])
-    for source, values in ((f"preset {preset!r}", presets["presets"][preset] or {}), ("overrides", overrides or {})):
-        unknown = sorted(set(values) - set(parameters) - {"run_name"})
-        if unknown:
-            raise ValueError(
-                f"{source} sets unknown parameter(s) {unknown}; known: {', '.join(sorted(parameters))}"
-            )
-        parameters.update(copy.deepcopy(values))
-    parameters["preset"] = preset
-    parameters.setdefault("run_name", preset)
-    if not parameters["run_name"]:
-        parameters["run_name"] = preset
-    return parameters
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class RunPaths:
 
     @property
     def results(self) -> Path:
-        return RESULTS_DIR / self.run_name
+        return results_root() / self.run_name
 
     @property
     def figures(self) -> Path:
@@ -95,6 +92,18 @@ class RunPaths:
         return self.results / "history_seed_baseline.json"
 
     @property
+    def training_summary(self) -> Path:
+        return self.results / "training_summary.json"
+
+    @property
+    def stage_timings(self) -> Path:
+        return self.results / "stage_timings.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.results / ".run.lock"
+
+    @property
     def predictions(self) -> Path:
         return self.results / "predictions_test.csv"
 
@@ -108,7 +117,7 @@ class RunPaths:
 
     @property
     def models(self) -> Path:
-        return MODELS_DIR / self.run_name
+        return models_root() / self.run_name
 
     @property
     def model(self) -> Path:
@@ -119,6 +128,10 @@ class RunPaths:
         return self.models / "seed_baseline.keras"
 
     @property
+    def onnx_model(self) -> Path:
+        return self.models / "bone_age.onnx"
+
+    @property
     def model_card(self) -> Path:
         return self.models / "model_card.json"
 
@@ -126,11 +139,15 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.models / "checkpoints"
 
+    def figure(self, name: str) -> Path:
+        """A figure's file; `name` is a key of `figures.FIGURES` with its suffix (.png or .html)."""
+        return self.figures / name
+
+    def notebook(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.ipynb"
+
     def make(self) -> "RunPaths":
+        """Create the run's folders (the pipeline and the stages that write do this, once)."""
         for folder in (self.results, self.figures, self.notebooks, self.models):
             folder.mkdir(parents=True, exist_ok=True)
         return self
-
-
-def run_paths(parameters: dict) -> RunPaths:
-    return RunPaths(parameters["run_name"]).make()

@@ -32,7 +32,6 @@ from utils import config, evaluation
 from utils.files import atomic_path
 
 SOURCE_SPLITS = ("train", "validation", "test")
-STUDY_SPLITS = ("train", "validation", "calibration", "test")
 AGE_RANGE_MONTHS = (0.0, float(config.MAX_AGE_MONTHS))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 TABLE_SUFFIXES = (".csv", ".xlsx")
@@ -453,10 +452,10 @@ def split_dataset(table: pd.DataFrame, fractions: dict, seed: int) -> pd.Series:
 
 
 def _check_fractions(fractions: dict) -> np.ndarray:
-    unknown = sorted(set(fractions) - set(STUDY_SPLITS))
+    unknown = sorted(set(fractions) - set(config.SPLITS))
     if unknown:
-        raise ValueError(f"unknown split(s) {unknown} in fractions; known: {', '.join(STUDY_SPLITS)}")
-    weights = np.array([float(fractions.get(name, 0.0)) for name in STUDY_SPLITS])
+        raise ValueError(f"unknown split(s) {unknown} in fractions; known: {', '.join(config.SPLITS)}")
+    weights = np.array([float(fractions.get(name, 0.0)) for name in config.SPLITS])
     valid = np.all(np.isfinite(weights)) and np.all(weights >= 0)
     if not valid or not math.isclose(weights.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
@@ -474,7 +473,7 @@ def _apportion(weights: np.ndarray, count: int) -> np.ndarray:
     for position in range(count):
         chosen = int(np.argmax(weights * (position + 1) - assigned))
         assigned[chosen] += 1
-        names[position] = STUDY_SPLITS[chosen]
+        names[position] = config.SPLITS[chosen]
     return names
 
 
@@ -482,9 +481,9 @@ def write_split(path, table: pd.DataFrame, split: pd.Series) -> Path:
     """Write the split of `table` as CSV `id,split`, atomically."""
     if not split.index.equals(table.index):
         raise ValueError("split must be indexed like table (the Series split_dataset returns)")
-    unknown = sorted(set(split) - set(STUDY_SPLITS))
+    unknown = sorted(set(split) - set(config.SPLITS))
     if unknown:
-        raise ValueError(f"unknown split name(s) {unknown}; known: {', '.join(STUDY_SPLITS)}")
+        raise ValueError(f"unknown split name(s) {unknown}; known: {', '.join(config.SPLITS)}")
     with atomic_path(path) as temporary:
         pd.DataFrame({"id": table["id"].to_numpy(), "split": split.to_numpy()}).to_csv(temporary, index=False)
     return Path(path)
@@ -508,7 +507,7 @@ def read_split(path, table: pd.DataFrame) -> pd.Series:
             reasons.append("id not in the data set")
         if image_id in seen:
             reasons.append("duplicate id")
-        if name not in STUDY_SPLITS:
+        if name not in config.SPLITS:
             reasons.append(f"unknown split {name!r}")
         seen.add(image_id)
         if reasons:

@@ -1,4 +1,4 @@
-"""The numbers that describe a bone-age model: accuracy, bias, calibrated intervals, the metrics file.
+"""The numbers that describe a bone-age model: accuracy, bias, interval coverage, the metrics file.
 
 Everything here is plain NumPy/pandas so that it imports in a blink (no TensorFlow).
 Ages are in months throughout; an error is `prediction - truth`, so a positive bias means
@@ -33,7 +33,8 @@ One JSON object per run, written by `write_performance_metrics` (atomically; NaN
 - ``seed_baseline``: null, or the flat accuracy keys above plus ``by_age_band`` for the seed
   study's model on the same test split.
 - ``timing``: ``training_seconds``, ``training_images_per_second``,
-  ``inference_images_per_second``, ``inference_seconds_single_image`` (null when not measured).
+  ``inference_images_per_second``, ``inference_seconds_single_image`` (null when not measured),
+  ``numpy_fp32_matmul_gflops_at_training`` and ``_at_evaluation``: the machine's speed beside them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import importlib.metadata
 import math
 import platform
 import subprocess
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +61,14 @@ FLAT_METRIC_KEYS = ["n", "mae", "rmse", "mse", "pearson_r", "r2", "bias"] + [
     f"within_{months}_pct" for months in WITHIN_MONTHS
 ]
 GROUP_METRIC_KEYS = ["n", "mae", "bias", "within_12_pct"]
-SPLIT_NAMES = ["train", "validation", "calibration", "test"]
 MODEL_KEYS = ["architecture", "parameters_count", "image_size", "path"]
 TIMING_KEYS = [
     "training_seconds",
     "training_images_per_second",
     "inference_images_per_second",
     "inference_seconds_single_image",
+    "numpy_fp32_matmul_gflops_at_training",
+    "numpy_fp32_matmul_gflops_at_evaluation",
 ]
 # Distribution names to look up, first installed one wins (the CPU wheel of TensorFlow has its own name).
 LIBRARY_DISTRIBUTIONS = {
@@ -201,121 +203,8 @@ def paired_mae_difference(y_true, pred_a, pred_b, *, resamples: int = 2000, conf
 
 
 # ---------------------------------------------------------------------------------------------
-# Conformal prediction intervals
+# Prediction intervals (calibrated by utils.conformal)
 # ---------------------------------------------------------------------------------------------
-
-
-CONFORMAL_METHODS = ("mondrian", "absolute")
-
-
-def conformal_quantile(scores, coverage: float) -> float:
-    """The ceil((n+1)·coverage)-th smallest score: the split-conformal half-width.
-
-    With exchangeable data an interval of this half-width covers a new point with probability
-    at least `coverage` (Vovk et al. 2005; Lei et al. 2018). It exists only when
-    ceil((n+1)·coverage) <= n, i.e. with enough calibration points.
-    """
-    scores = np.sort(np.asarray(scores, dtype=float).ravel())
-    rank = _conformal_rank(scores.size, coverage)
-    if rank > scores.size:
-        raise ValueError(
-            f"{scores.size} calibration points are too few for {100 * coverage:g}% coverage: "
-            f"at least {minimum_calibration_size(coverage)} are needed"
-        )
-    return float(scores[rank - 1])
-
-
-def _conformal_rank(n: int, coverage: float) -> int:
-    # The tolerance keeps a product like 100 · 0.55 = 55.00000000000001 from ceiling to 56.
-    return math.ceil((n + 1) * coverage - 1e-9)
-
-
-def minimum_calibration_size(coverage: float) -> int:
-    """Smallest n for which the conformal quantile at `coverage` is finite."""
-    n = 1
-    while _conformal_rank(n, coverage) > n:
-        n += 1
-    return n
-
-
-@dataclass
-class ConformalInterval:
-    """Calibrated half-widths (months) of prediction intervals; `interval()` applies them.
-
-    method "mondrian": one half-width per band of the *predicted* age (Mondrian conformal
-    prediction, Vovk et al. 2005), so that each band gets its own coverage guarantee: bone-age
-    errors are smaller in infants and near maturity than in mid-childhood. A band with fewer than
-    `min_band_size` calibration points uses the pooled half-width (marginal guarantee only).
-    method "absolute": the pooled half-width everywhere (constant width).
-    """
-
-    method: str
-    coverage: float
-    pooled_half_width: float
-    half_widths: dict = field(default_factory=dict)
-    calibration_counts: dict = field(default_factory=dict)
-    min_band_size: int = 20
-
-    def half_width(self, y_pred) -> np.ndarray:
-        """The half-width for each prediction: its band's, or the pooled one."""
-        widths = pd.Series(age_band(y_pred)).map(self.half_widths)
-        return widths.fillna(self.pooled_half_width).to_numpy(dtype=float)
-
-    def interval(self, y_pred) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high) around each prediction, clipped to the 0..240 months of the data."""
-        y_pred = np.asarray(y_pred, dtype=float).ravel()
-        half_width = self.half_width(y_pred)
-        low = config.clip_to_age_range(y_pred - half_width)
-        high = config.clip_to_age_range(y_pred + half_width)
-        return low, high
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "coverage": self.coverage,
-            "pooled_half_width": self.pooled_half_width,
-            "half_widths": dict(self.half_widths),
-            "calibration_counts": dict(self.calibration_counts),
-            "min_band_size": self.min_band_size,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ConformalInterval":
-        missing = sorted({"method", "coverage", "pooled_half_width", "half_widths"} - set(data))
-        if missing:
-            raise ValueError(f"conformal interval description lacks {missing}")
-        return cls(
-            method=data["method"],
-            coverage=float(data["coverage"]),
-            pooled_half_width=float(data["pooled_half_width"]),
-            half_widths={band: float(width) for band, width in data["half_widths"].items()},
-            calibration_counts={band: int(count) for band, count in data.get("calibration_counts", {}).items()},
-            min_band_size=int(data.get("min_band_size", cls.min_band_size)),
-        )
-
-
-def fit_conformal(y_true_cal, y_pred_cal, coverage: float = 0.9, method: str = "mondrian", min_band_size: int = 20):
-    """Split-conformal intervals calibrated on held-out (truth, prediction) pairs; see ConformalInterval."""
-    if not 0 < coverage < 1:
-        raise ValueError(f"coverage must be a fraction between 0 and 1, got {coverage}")
-    if method not in CONFORMAL_METHODS:
-        raise ValueError(f"unknown conformal method {method!r}; choose one of {CONFORMAL_METHODS}")
-    y_true_cal, y_pred_cal = _paired_arrays(y_true_cal, y_pred_cal)
-    scores = np.abs(y_pred_cal - y_true_cal)
-    result = ConformalInterval(
-        method=method,
-        coverage=float(coverage),
-        pooled_half_width=conformal_quantile(scores, coverage),
-        min_band_size=int(max(min_band_size, minimum_calibration_size(coverage))),
-    )
-    if method == "mondrian":
-        bands = age_band(y_pred_cal)
-        for band in group_order(bands):
-            members = bands == band
-            result.calibration_counts[band] = int(members.sum())
-            if members.sum() >= result.min_band_size:
-                result.half_widths[band] = conformal_quantile(scores[members], coverage)
-    return result
 
 
 def interval_metrics(y_true, low, high, groups=None) -> dict:
@@ -429,6 +318,23 @@ def library_versions() -> dict:
     return versions
 
 
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This machine's numpy float32 matrix-product speed (GFLOP/s, best of `repeats`).
+
+    Recorded beside every throughput, so that figures from machines that differ in speed
+    (up to 2x among machines of one kind) can be compared.
+    """
+    rng = np.random.default_rng(0)
+    a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
+    a @ b  # warm up the BLAS threads
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def _pick(mapping: dict, keys: list, what: str) -> dict:
     missing = [key for key in keys if key not in mapping]
     if missing:
@@ -462,10 +368,10 @@ def build_performance_metrics(
     """
     if not 0 < interval_nominal < 1:
         raise ValueError(f"interval_nominal is the nominal coverage as a fraction (0.9), got {interval_nominal}")
-    unknown_splits = sorted(set(split_counts) - set(SPLIT_NAMES))
+    unknown_splits = sorted(set(split_counts) - set(config.SPLITS))
     if unknown_splits:
-        raise ValueError(f"split_counts has unknown split(s) {unknown_splits}; known: {SPLIT_NAMES}")
-    splits = {name: int(count) for name, count in _pick(split_counts, SPLIT_NAMES, "split_counts").items()}
+        raise ValueError(f"split_counts has unknown split(s) {unknown_splits}; known: {config.SPLITS}")
+    splits = {name: int(count) for name, count in _pick(split_counts, config.SPLITS, "split_counts").items()}
     y_true, y_pred = _paired_arrays(y_true, y_pred)
     bands = age_band(y_true) if groups_age_band is None else np.asarray(groups_age_band, dtype=object).ravel()
     low, high = interval

@@ -2,8 +2,9 @@
 
 Two named architectures share the same inputs and output:
 
-- "ours": a compact VGG-style CNN (Conv-BatchNorm-ReLU stages, global average pooling) with
-  sex concatenated after pooling, trained with AdamW + warmup/cosine decay on a Huber loss.
+- "ours": a compact CNN (stages of Conv-BatchNorm-ReLU or residual blocks, global average
+  pooling) with sex concatenated after pooling, trained with AdamW + warmup/cosine decay on a
+  Huber or L1 loss; every choice of it is a run parameter (presets.yaml).
 - "seed_baseline": the seed study's model as it stood: Conv2D + BatchNorm + MaxPool + Dropout
   blocks, global average pooling, Dense 512/256/128, linear output, Adam 1e-3, MAE loss, and
   ImageDataGenerator-style augmentation (rotation 20 deg, shifts 0.2, zoom 0.2, horizontal flip).
@@ -25,28 +26,13 @@ import keras
 import numpy as np
 from keras import layers
 
-from utils import config
-from utils.inference import tta_views
+from utils.parameters import ARCHITECTURES, NETWORK_OPTIONS
+from utils.preprocessing import tta_average
 
-ARCHITECTURES = ("ours", "seed_baseline")
 LAST_CONV_LAYER = "last_conv"  # Grad-CAM (utils/explain.py) looks for this name
 OUTPUT_LAYER = "bone_age_months"
 
-# Defaults of "ours", chosen by benchmarks/model_search.py (results/benchmarks/model_search.json).
-OURS_DEFAULTS = {
-    "widths": (32, 64, 128, 256),  # filters per stage; a 2x2 max-pool follows every stage but the last
-    "convs_per_stage": 2,
-    "separable": False,  # depthwise-separable convs: fewer FLOPs, but slower per FLOP on CPU
-    "stem_stride": 2,  # a strided first conv halves the resolution the stages work at
-    "dropout": 0.2,
-    "dense_units": 128,
-    "rotation_degrees": 12.0,
-    "shift": 0.08,
-    "zoom": 0.1,
-    "contrast": 0.2,
-    "brightness": 0.1,
-    "horizontal_flip": False,  # the RSNA images are left hands; flipping makes right hands
-}
+# The seed baseline is the seed study's model as it stood: a fixed reference, not a design to tune.
 SEED_BASELINE_DEFAULTS = {"widths": (32, 64, 128, 256), "dropout": 0.25}
 # The seed study trained with Adam at 1e-3 on batches of 32, whatever the run's own settings.
 SEED_BASELINE_TRAINING = {"batch_size": 32, "learning_rate": 1e-3}
@@ -63,18 +49,26 @@ def build_model(
 ) -> keras.Model:
     """A Functional model: {"image": (S, S, 1) raw 0..255, "male": (1,) 0/1} -> months (None, 1).
 
-    `options` override OURS_DEFAULTS or SEED_BASELINE_DEFAULTS. Augmentation layers are
-    active only when the model is called with training=True (inside `fit`).
+    For "ours", `options` are the network parameters (`Parameters.network_options()`: every
+    one of `parameters.NETWORK_OPTIONS`, whose values live in presets.yaml). For the seed
+    baseline they may override SEED_BASELINE_DEFAULTS (tests use smaller widths).
+    Augmentation layers are active only when the model is called with training=True.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
     if not target_std > 0:
         raise ValueError(f"target_std must be positive, got {target_std}")
-    defaults = OURS_DEFAULTS if architecture == "ours" else SEED_BASELINE_DEFAULTS
-    unknown = sorted(set(options) - set(defaults))
+    known = NETWORK_OPTIONS if architecture == "ours" else tuple(SEED_BASELINE_DEFAULTS)
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for architecture {architecture!r}; known: {sorted(defaults)}")
-    settings = {**defaults, **options}
+        raise ValueError(f"unknown option(s) {unknown} for architecture {architecture!r}; known: {sorted(known)}")
+    if architecture == "ours":
+        missing = sorted(set(NETWORK_OPTIONS) - set(options))
+        if missing:
+            raise ValueError(f"missing option(s) {missing} of our network (see Parameters.network_options())")
+        settings = dict(options)
+    else:
+        settings = {**SEED_BASELINE_DEFAULTS, **options}
 
     image = keras.Input((image_size, image_size, 1), name="image")
     male = keras.Input((1,), name="male")
@@ -89,6 +83,19 @@ def build_model(
     return keras.Model({"image": image, "male": male}, months, name=f"bone_age_{architecture}")
 
 
+def build_for_run(parameters, *, target_mean: float, target_std: float, architecture: str | None = None) -> keras.Model:
+    """The network a run's `Parameters` describe (its own architecture unless `architecture` is given)."""
+    architecture = architecture or parameters.architecture
+    return build_model(
+        parameters.image_size,
+        architecture=architecture,
+        target_mean=target_mean,
+        target_std=target_std,
+        augment=parameters.augment,
+        **(parameters.network_options() if architecture == "ours" else {}),
+    )
+
+
 def _apply(layer_list, tensor):
     for layer in layer_list:
         tensor = layer(tensor)
@@ -97,14 +104,15 @@ def _apply(layer_list, tensor):
 
 def _ours_augmentation(settings: dict) -> list:
     """Moderate geometric + intensity augmentation; the fill is black like the radiograph background."""
+    shift = settings["augment_shift"]
     augmentation = [
-        layers.RandomRotation(settings["rotation_degrees"] / 360.0, fill_mode="constant", name="augment_rotation"),
-        layers.RandomTranslation(settings["shift"], settings["shift"], fill_mode="constant", name="augment_shift"),
-        layers.RandomZoom(settings["zoom"], fill_mode="constant", name="augment_zoom"),
-        layers.RandomContrast(settings["contrast"], value_range=(0, 255), name="augment_contrast"),
-        layers.RandomBrightness(settings["brightness"], value_range=(0, 255), name="augment_brightness"),
+        layers.RandomRotation(settings["augment_rotation_degrees"] / 360.0, fill_mode="constant", name="augment_rotation"),
+        layers.RandomTranslation(shift, shift, fill_mode="constant", name="augment_shift"),
+        layers.RandomZoom(settings["augment_zoom"], fill_mode="constant", name="augment_zoom"),
+        layers.RandomContrast(settings["augment_contrast"], value_range=(0, 255), name="augment_contrast"),
+        layers.RandomBrightness(settings["augment_brightness"], value_range=(0, 255), name="augment_brightness"),
     ]
-    if settings["horizontal_flip"]:
+    if settings["augment_flip"]:
         augmentation.append(layers.RandomFlip("horizontal", name="augment_flip"))
     return augmentation
 
@@ -122,13 +130,16 @@ def _seed_augmentation() -> list:
 
 def _ours_network(image, male, settings: dict):
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(image)
-    widths = settings["widths"]
-    x = _conv_bn_relu(x, widths[0], "stem", stride=settings["stem_stride"], separable=False)
+    widths, momentum = settings["widths"], settings["batchnorm_momentum"]
+    x = _conv_bn_relu(x, widths[0], "stem", stride=settings["stem_stride"], momentum=momentum)
     for stage, width in enumerate(widths, start=1):
         for index in range(1, settings["convs_per_stage"] + 1):
             last = stage == len(widths) and index == settings["convs_per_stage"]
-            name = LAST_CONV_LAYER if last else f"stage{stage}_conv{index}"
-            x = _conv_bn_relu(x, width, name, stride=1, separable=settings["separable"])
+            name = LAST_CONV_LAYER if last else f"stage{stage}_{settings['block']}{index}"
+            if settings["block"] == "residual":
+                x = _residual_block(x, width, name, momentum=momentum)
+            else:
+                x = _conv_bn_relu(x, width, name, stride=1, momentum=momentum)
         if stage < len(widths):
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -141,15 +152,27 @@ def _ours_network(image, male, settings: dict):
     return layers.Dense(1, name="standardised_age")(x)
 
 
-def _conv_bn_relu(x, filters: int, name: str, *, stride: int, separable: bool):
+def _conv_bn_relu(x, filters: int, name: str, *, stride: int, momentum: float):
     """Conv (no bias: BatchNorm has one) -> BatchNorm -> ReLU; the ReLU output carries `name`."""
-    convolution = layers.SeparableConv2D if separable else layers.Conv2D
-    x = convolution(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    # Momentum 0.9 (Keras default 0.99): with few steps per epoch and a fast-changing network the
-    # moving statistics lagged so far behind that inference-mode MAE was ~10 months worse than
-    # training-mode MAE after 3 epochs (measured, benchmarks/model_search.py ours_96).
-    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=name)(x)
+
+
+def _residual_block(x, filters: int, name: str, *, momentum: float):
+    """Two 3x3 conv-BN with an identity shortcut (a 1x1 projection where the width changes).
+
+    The second BatchNorm starts at zero scale, so each block starts as the identity and a
+    deeper network trains as easily as a shallow one (Goyal et al. 2017).
+    """
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
+        shortcut = layers.BatchNormalization(momentum=momentum, name=f"{name}_project_bn")(shortcut)
+    y = _conv_bn_relu(x, filters, f"{name}_a", stride=1, momentum=momentum)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+    y = layers.BatchNormalization(momentum=momentum, gamma_initializer="zeros", name=f"{name}_b_bn")(y)
+    return layers.Activation("relu", name=name)(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
 def _seed_network(image, settings: dict):
@@ -173,8 +196,11 @@ def compile_model(
     learning_rate: float,
     steps_per_epoch: int,
     epochs: int,
-    weight_decay: float = 1e-4,
-    huber_delta: float = 0.25,
+    weight_decay: float | None = None,
+    loss: str | None = None,
+    huber_delta: float | None = None,
+    ema: bool = False,
+    ema_momentum: float = 0.99,
 ) -> keras.Model:
     """Compile with the architecture's optimiser and loss; the metric "mae" is in months.
 
@@ -184,11 +210,16 @@ def compile_model(
     a constant scale of the loss, so this trains exactly like a loss on the standardised
     pre-rescaling output, while keeping one output, built-in (serialisable) losses, and a
     saved model that needs no custom objects. `huber_delta` is in standard deviations.
+    For "ours", `weight_decay`, `loss` and `huber_delta` are required
+    (`Parameters.training_options()`); `ema` keeps a moving average of the weights, which
+    `training.train_model` evaluates and keeps.
     """
     if architecture == "seed_baseline":
         optimizer = keras.optimizers.Adam(learning_rate)
         loss = keras.losses.MeanAbsoluteError()
     elif architecture == "ours":
+        if weight_decay is None or loss not in ("huber", "l1") or (loss == "huber" and huber_delta is None):
+            raise ValueError("our network needs weight_decay, loss ('huber' or 'l1') and, for huber, huber_delta")
         total_steps = max(1, steps_per_epoch * epochs)
         warmup_steps = min(steps_per_epoch, total_steps // 2)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -198,9 +229,9 @@ def compile_model(
             decay_steps=max(1, total_steps - warmup_steps),
             alpha=0.01,
         )
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, use_ema=ema, ema_momentum=ema_momentum)
         target_std = float(model.get_layer(OUTPUT_LAYER).scale)
-        loss = keras.losses.Huber(delta=huber_delta * target_std)
+        loss = keras.losses.Huber(delta=huber_delta * target_std) if loss == "huber" else keras.losses.MeanAbsoluteError()
     else:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
     model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
@@ -221,17 +252,14 @@ def model_inputs(images: np.ndarray, male: np.ndarray) -> dict:
     return {"image": images[..., np.newaxis].astype(np.float32), "male": male}
 
 
-def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """Bone age in months, (N,), clipped to the data's age range. `tta` averages the views of
-    `inference.tta_views`."""
-    inputs = model_inputs(images, male)
-    views = tta_views(np.asarray(images)) if tta else [np.asarray(images)]
-    predictions = [
-        model.predict({"image": view[..., np.newaxis].astype(np.float32), "male": inputs["male"]},
-                      batch_size=batch_size, verbose=0).reshape(-1)
-        for view in views
-    ]
-    return config.clip_to_age_range(np.mean(predictions, axis=0))
+def predict_months(model: keras.Model, images: np.ndarray, male: np.ndarray, batch_size: int = 256, tta: str = "none") -> np.ndarray:
+    """Bone age in months, (N,), clipped to the data's age range. `tta` (a mode of
+    `parameters.TTA_MODES`) averages the views of `preprocessing.tta_views`."""
+
+    def predict_view(view, male):
+        return model.predict(model_inputs(view, male), batch_size=batch_size, verbose=0).reshape(-1)
+
+    return tta_average(predict_view, images, male, tta)
 
 
 def measure_inference_speed(model: keras.Model, image_size: int, n: int = 1024, batch_size: int = 256, repeats: int = 20) -> dict:
@@ -312,3 +340,22 @@ def _load_h5_by_order(model: keras.Model, path: Path) -> dict:
         else:
             skipped[layer.name] = "no matching weights in the file"
     return {"loaded": loaded, "skipped": skipped}
+
+
+class KerasBoneAgeModel:
+    """A .keras file behind the interface of `onnx_runtime.OnnxBoneAgeModel`, for the prediction
+    command on models without an ONNX export (and for Grad-CAM, which needs the Keras graph):
+    `.predict(images_uint8 (N, S, S), male (N,), tta) -> months (N,)`."""
+
+    def __init__(self, keras_path, *, batch_size: int = 256):
+        keras_path = Path(keras_path)
+        if not keras_path.is_file():
+            raise FileNotFoundError(f"{keras_path}: Keras model file not found")
+        self.path = keras_path
+        self.batch_size = batch_size
+        self.model = keras.models.load_model(keras_path, compile=False)
+        self.image_size = int(self.model.input["image"].shape[1])
+
+    def predict(self, images, male, tta: str = "none") -> np.ndarray:
+        """Bone age in months, (N,), from uint8 (N, S, S) images and (N,) 0/1 sex flags."""
+        return predict_months(self.model, images, male, batch_size=self.batch_size, tta=tta)

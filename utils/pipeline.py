@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from utils import config
+from utils.parameters import load_parameters
 from utils.files import atomic_path, write_json_atomic
 
 KERNEL_NAME = "bone-age"
@@ -107,12 +108,12 @@ def write_html(notebook_path: Path) -> None:
 
 def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: bool = True) -> dict:
     """Execute the selected stages and, with the last stage, the summary notebook and the report."""
-    parameters = config.load_parameters(preset, overrides)
-    paths = config.run_paths(parameters)
+    parameters = load_parameters(preset, overrides)
+    paths = config.RunPaths(parameters.run_name).make()
     ensure_kernel()
     # Quieter TensorFlow in the kernels, which inherit this environment.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(f"run {parameters['run_name']!r} (preset {preset}) -> {paths.results}", flush=True)
+    print(f"run {parameters.run_name!r} (preset {preset}) -> {paths.results}", flush=True)
 
     timings_path = paths.results / "stage_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
@@ -133,7 +134,7 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
 
         build_report(paths.results, paths.report)
         print(f"report: {paths.report}")
-        if parameters["report_at_root"]:
+        if parameters.report_at_root:
             with atomic_path(config.PROJECT_ROOT / "Report.pdf") as temporary:
                 shutil.copyfile(paths.report, temporary)
             print(f"report: {config.PROJECT_ROOT / 'Report.pdf'}")

@@ -9,9 +9,12 @@ A folder is any layout `utils.data.load_dataset` reads (its table gives the sex)
 of bare images (PNG, JPEG, DICOM; ids are the file names, the sex comes from --sex or the
 DICOM header). Bad images of a folder are left out and listed in `<out stem>.errors.csv`.
 
-The model folder holds bone_age.onnx (used when present: no TensorFlow import, so the answer
-for one image comes in about a second), bone_age.keras and model_card.json, which gives the
-preprocessing parameters, the conformal interval and the image-quality reference.
+This module is the command: it finds the model folder, reads the model card, decodes and
+preprocesses the images, and writes JSON or CSV. The network runs in a runtime: the folder's
+bone_age.onnx through `utils.onnx_runtime.OnnxBoneAgeModel` when present (no TensorFlow import,
+so the answer for one image comes in about a second), else bone_age.keras through
+`utils.model.KerasBoneAgeModel`. model_card.json (`utils.model_card.ModelCard`) gives the
+preprocessing, the test-time augmentation, the conformal interval and the image-quality reference.
 """
 
 from __future__ import annotations
@@ -34,15 +37,12 @@ from tqdm import tqdm
 from utils import config
 from utils.clinical import MAX_AGE_MONTHS, clinical_readout, clinical_table
 from utils.data import IMAGE_SUFFIXES, TABLE_SUFFIXES, load_dataset, parse_sex
-from utils.evaluation import ConformalInterval
 from utils.files import atomic_path, write_json_atomic
-from utils.inference import THREADS, KerasBoneAgeModel, OnnxBoneAgeModel
+from utils.model_card import CARD_FILE, ModelCard
+from utils.onnx_runtime import THREADS, OnnxBoneAgeModel
 from utils.preprocessing import ImageError, preprocess_image, read_grayscale
-from utils.quality import QualityReference
 
 MODEL_FILES = ("bone_age.keras", "bone_age.onnx")
-MODEL_CARD = "model_card.json"
-CARD_KEYS = ("image_size", "pad_to_square", "contrast", "conformal", "quality_reference")
 CHUNK_SIZE = 2048  # images decoded and predicted at a time: bounds memory on large folders
 DAYS_PER_MONTH = 365.25 / 12
 DICOM_AGE_UNITS = {"D": 1 / DAYS_PER_MONTH, "W": 7 / DAYS_PER_MONTH, "M": 1.0, "Y": 12.0}
@@ -64,25 +64,27 @@ class UsageError(PredictionError):
 class Predictor:
     """A bone-age model with its preprocessing, prediction interval and quality reference."""
 
-    def __init__(self, runtime, card: dict, model_path: Path, card_path: Path):
+    def __init__(self, runtime, card: ModelCard, model_path: Path, card_path: Path):
         self.runtime = runtime
         self.model_path = model_path
-        self.image_size = int(card["image_size"])
-        self.pad_to_square = bool(card["pad_to_square"])
-        self.contrast = card["contrast"]
+        self.card = card
+        self.image_size = card.preprocessing.image_size
         # Predict as the run that calibrated the intervals did: with its test-time augmentation.
-        self.tta = bool(card.get("parameters", {}).get("tta", False))
+        self.tta = card.tta
         if runtime.image_size != self.image_size:
             raise PredictionError(
                 f"{card_path}: image_size {self.image_size} but {model_path.name} takes {runtime.image_size} px"
             )
-        self.conformal = ConformalInterval.from_dict(card["conformal"])
-        self.quality = QualityReference.from_dict(card["quality_reference"])
+        self.conformal = card.conformal_interval()
+        self.quality = card.quality()
 
     def preprocess(self, path) -> np.ndarray:
         """One file as the model sees it: uint8 (S, S); ImageError names an unreadable file."""
-        image = read_grayscale(path)
-        return preprocess_image(image, self.image_size, pad_to_square=self.pad_to_square, contrast=self.contrast)
+        preprocessing = self.card.preprocessing
+        options = {"pad_to_square": preprocessing.pad_to_square, "contrast": preprocessing.contrast}
+        if preprocessing.hand_crop != "none":
+            options["hand_crop"] = preprocessing.hand_crop
+        return preprocess_image(read_grayscale(path), self.image_size, **options)
 
     def predict_images(self, images, male) -> pd.DataFrame:
         """boneage_pred, boneage_low, boneage_high, quality_score, quality_flag of preprocessed images."""
@@ -143,7 +145,7 @@ def resolve_model(model_path=None) -> tuple[Path, Path]:
 
     A .keras file is replaced by the .onnx beside it (fast start) unless that export is older.
     """
-    path = Path(model_path) if model_path else config.DEFAULT_MODEL_DIR
+    path = Path(model_path) if model_path else config.default_model_dir()
     if path.is_dir():
         found = [path / name for name in MODEL_FILES if (path / name).is_file()]
         if not found:
@@ -159,28 +161,27 @@ def resolve_model(model_path=None) -> tuple[Path, Path]:
             path = export
         else:
             print(f"warning: {export} is older than {path.name}; using the Keras model", file=sys.stderr)
-    card = path.parent / MODEL_CARD
+    card = path.parent / CARD_FILE
     if not card.is_file():
         raise PredictionError(f"{card}: model card not found (it holds the preprocessing of {path.name})")
     return path, card
 
 
-def read_model_card(card_path: Path) -> dict:
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise PredictionError(f"{card_path}: cannot be read as JSON ({error})") from error
-    missing = [key for key in CARD_KEYS if key not in card]
-    if missing:
-        raise PredictionError(f"{card_path}: lacks {', '.join(missing)}")
-    return card
-
-
 def load_predictor(model_path=None) -> Predictor:
-    """The predictor of a model folder or file (default: config.DEFAULT_MODEL_DIR)."""
+    """The predictor of a model folder or file (default: config.default_model_dir())."""
     path, card_path = resolve_model(model_path)
-    runtime = OnnxBoneAgeModel(path) if path.suffix == ".onnx" else KerasBoneAgeModel(path)
-    return Predictor(runtime, read_model_card(card_path), path, card_path)
+    # The card first: a card this code cannot read is refused before a model is loaded.
+    try:
+        card = ModelCard.read(card_path)
+    except ValueError as error:
+        raise PredictionError(str(error)) from error
+    if path.suffix == ".onnx":
+        runtime = OnnxBoneAgeModel(path)
+    else:
+        from utils.model import KerasBoneAgeModel  # imports Keras: only for a model without an ONNX export
+
+        runtime = KerasBoneAgeModel(path)
+    return Predictor(runtime, card, path, card_path)
 
 
 def dicom_demographics(path) -> tuple[bool | None, float | None]:
@@ -349,11 +350,13 @@ def _report_errors(errors: pd.DataFrame, total: int, errors_csv: Path) -> None:
 
 def keras_model_for_gradcam(predictor: Predictor):
     """The Keras model beside the predictor's model file: Grad-CAM needs its gradients."""
-    if isinstance(predictor.runtime, KerasBoneAgeModel):
+    if predictor.model_path.suffix == ".keras":  # a KerasBoneAgeModel already
         return predictor.runtime.model
     keras_path = predictor.model_path.with_suffix(".keras")
     if not keras_path.is_file():
         raise PredictionError(f"{keras_path}: not found; --gradcam needs the Keras model beside {predictor.model_path.name}")
+    from utils.model import KerasBoneAgeModel
+
     return KerasBoneAgeModel(keras_path).model
 
 
@@ -379,7 +382,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("path", type=Path, help="an image (PNG, JPEG, DICOM) or a folder of them")
     parser.add_argument("--sex", help="M or F (male/female); for a single image or a folder without a label table")
     parser.add_argument("--age-months", type=float, help="chronological age in months, for the clinical reading")
-    parser.add_argument("--model", type=Path, help=f"a .onnx or .keras file or a model folder (default {config.DEFAULT_MODEL_DIR})")
+    parser.add_argument("--model", type=Path, help=f"a .onnx or .keras file or a model folder (default {config.default_model_dir()})")
     parser.add_argument("--out", type=Path, help="output file: the CSV of a folder (default <folder>_predictions.csv), or the JSON of an image")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image here")
     return parser.parse_args(argv)

@@ -23,9 +23,15 @@ from reportlab.platypus import (Image, KeepTogether, ListFlowable, ListItem, Pag
                                 SimpleDocTemplate, Spacer, Table, TableStyle)
 
 from utils.files import atomic_path
+from utils.parameters import normalise_tta
 
 DEFAULT_TITLE = "Bone age from hand radiographs"
 DASH = "—"
+TTA_VIEWS = {  # the views of each mode of parameters.TTA_MODES but "none"
+    "shift": "each image and two copies shifted sideways",
+    "flip": "each image and its mirror image",
+    "shift_flip": "each image, two copies shifted sideways, and the mirror images of the three",
+}
 MARGIN = 2.0 * cm
 TEXT_WIDTH = A4[0] - 2 * MARGIN
 FIGURE_MAX_HEIGHT = 10.5 * cm
@@ -245,8 +251,9 @@ def _method_section(metrics: dict, styles) -> list:
                      + (f"; early stopping after {parameters['patience']} epochs without improvement of the "
                         "validation MAE" if parameters.get("patience") else "")
                      + "; the weights of the best validation epoch are kept.")
-    if parameters.get("tta"):
-        sentences.append("Test-time augmentation: predictions are averaged over shifted copies of each image.")
+    tta = normalise_tta(parameters.get("tta") or "none")
+    if tta != "none":
+        sentences.append(f"Test-time augmentation: predictions are averaged over {TTA_VIEWS[tta]}.")
     if interval:
         nominal = interval.get("nominal_pct")
         calibration_count = (metrics.get("dataset", {}).get("splits") or {}).get("calibration")

@@ -32,7 +32,8 @@ MANIFEST = "synthetic_manifest.json"
 # Bump when the renderer changes, so that a data set drawn by an older renderer is regenerated.
 GENERATOR_VERSION = 1
 
-MAX_AGE_MONTHS = 228
+# The oldest bone age drawn, like the oldest RSNA label (config.MAX_AGE_MONTHS is the range the study accepts).
+OLDEST_GENERATED_MONTHS = 228
 # Girls' bone age standards correspond to a more mature skeleton (about 1-2 years ahead at puberty).
 GIRL_MATURITY_FACTOR = 1.13
 # Individual maturity offset: label noise of one reader plus biological spread (months).
@@ -508,8 +509,8 @@ def _draw_side_marker(image: np.ndarray, rng: np.random.Generator) -> None:
 def sample_age_months(rng: np.random.Generator) -> int:
     """An age drawn roughly like RSNA's: mostly 5-17 years, some infants and young children."""
     while True:
-        months = rng.uniform(0.0, MAX_AGE_MONTHS) if rng.random() < 0.12 else rng.normal(132.0, 40.0)
-        if 0.0 <= months <= MAX_AGE_MONTHS:
+        months = rng.uniform(0.0, OLDEST_GENERATED_MONTHS) if rng.random() < 0.12 else rng.normal(132.0, 40.0)
+        if 0.0 <= months <= OLDEST_GENERATED_MONTHS:
             return int(round(months))
 
 

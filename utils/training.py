@@ -71,6 +71,7 @@ def train_model(
     seed: int,
     time_budget_seconds: float | None = None,
     architecture: str = "ours",
+    training_options: dict | None = None,
     progress: bool = True,
     callbacks: tuple = (),
 ) -> dict:
@@ -78,32 +79,59 @@ def train_model(
 
     Ends with the best validation-MAE weights in `model`. The history (per-epoch lists plus
     best_epoch, best_val_mae, stop_reason, training_seconds, train_images_per_second) is
-    written as JSON to `history_path`. `callbacks` are extra Keras callbacks.
+    written as JSON to `history_path`. `training_options` go to `compile_model` (loss, weight
+    decay, EMA: `Parameters.training_options()`). `callbacks` are extra Keras callbacks.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    training_options = dict(training_options or {})
     keras.utils.set_random_seed(seed)
     settings = _resume_settings(
-        model, architecture=architecture, batch_size=batch_size, learning_rate=learning_rate, seed=seed, train_size=len(train[0])
+        model, architecture=architecture, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        train_size=len(train[0]), train_data_sha256=_data_fingerprint(train), training_options=training_options,
     )
     steps_per_epoch = math.ceil(len(train[0]) / batch_size)
-    compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
+                  epochs=epochs, **training_options)
+    _remove_leftover_temporaries(checkpoint_dir)
     state = _resume(model, checkpoint_dir, settings)
     history = state["history"]
     record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings)
     stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
     if stop_reason is None:
+        # With EMA, validation and best.keras use the averaged weights: last.keras (and the
+        # optimizer state) are written first with the raw ones, then the averages are swapped in.
+        keep_best = _BestKeeper(record)
+        epoch_end = [record, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), keep_best] if training_options.get("ema") \
+            else [record, keep_best]
         model.fit(
             make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
             validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
             epochs=epochs,
             initial_epoch=len(history.get("epoch", [])),
-            callbacks=[record, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds), *callbacks],
+            callbacks=[*epoch_end, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds), *callbacks],
             verbose=2 if progress else 0,
             shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
         )
         stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
     model.load_weights(checkpoint_dir / "best.keras")
     return record.finish(stop_reason)
+
+
+def _data_fingerprint(arrays: tuple) -> str:
+    """SHA-256 of the training images, sex flags and ages: the same size of other data must not resume."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _remove_leftover_temporaries(checkpoint_dir: Path) -> None:
+    """Temporary files of a save that a kill interrupted (utils.files.atomic_path names them `.<stem>.*`)."""
+    for stem in ("best", "last", "state"):
+        for leftover in checkpoint_dir.glob(f".{stem}.*"):
+            leftover.unlink(missing_ok=True)
 
 
 def _resume_settings(model: keras.Model, **settings) -> dict:
@@ -165,7 +193,7 @@ def _save_atomic(model: keras.Model, destination: Path) -> None:
 
 
 class _EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: extend the history, keep best.keras, write last.keras + state.json + history."""
+    """After each epoch: extend the history, write last.keras + state.json + history (`_BestKeeper` keeps best.keras)."""
 
     def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, settings: dict):
         super().__init__()
@@ -187,8 +215,6 @@ class _EpochRecorder(keras.callbacks.Callback):
         }
         for name, value in entry.items():
             self.history.setdefault(name, []).append(value)
-        if _epochs_since_best(self.history) == 0:
-            _save_atomic(self.model, self.checkpoint_dir / "best.keras")
         _save_atomic(self.model, self.checkpoint_dir / "last.keras")
         write_json_atomic(
             self.checkpoint_dir / "state.json",
@@ -208,6 +234,19 @@ class _EpochRecorder(keras.callbacks.Callback):
         )
         write_json_atomic(self.history_path, self.history)
         return self.history
+
+
+class _BestKeeper(keras.callbacks.Callback):
+    """best.keras after an epoch that improved the validation MAE (a separate callback so that,
+    with EMA, it runs after the averaged weights are swapped in)."""
+
+    def __init__(self, recorder: _EpochRecorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _epochs_since_best(self.recorder.history) == 0:
+            _save_atomic(self.model, self.recorder.checkpoint_dir / "best.keras")
 
 
 class _StopRule(keras.callbacks.Callback):

@@ -1,8 +1,10 @@
-"""A light runtime for prediction: the Keras model exported once to ONNX, run with onnxruntime.
+"""The runtime of the prediction command: the Keras model exported once to ONNX, run with onnxruntime.
 
 Importing TensorFlow takes seconds; onnxruntime imports in a tenth of that, so the prediction
-command answers for one image in about a second. `export_onnx` is the only function here that
-needs TensorFlow, and it imports it itself.
+command (utils/predict.py, which reads the model card and the images) answers for one image in
+about a second. `export_onnx` is the only function here that needs TensorFlow, and it imports
+Keras itself. The same interface on a .keras file is `utils.model.KerasBoneAgeModel`; both
+average their test-time augmentation through `preprocessing.tta_average`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from utils import config
 from utils.files import atomic_path
+from utils.preprocessing import tta_average
 
 INPUT_NAMES = ("image", "male")
 BATCH_SIZE = 256
@@ -75,16 +77,6 @@ def _export_with_tf2onnx(inference_model, onnx_path: Path) -> None:
     tf2onnx.convert.from_keras(inference_model, input_signature=signature, output_path=str(onnx_path))
 
 
-def tta_views(images: np.ndarray) -> list[np.ndarray]:
-    """Test-time augmentation: uint8 (N, S, S) images and two copies shifted sideways by 3% of
-    the width (black fill). The Keras and ONNX paths both average over exactly these views."""
-    shift = max(1, round(0.03 * images.shape[-1]))
-    right, left = np.zeros_like(images), np.zeros_like(images)
-    right[:, :, shift:] = images[:, :, :-shift]
-    left[:, :, :-shift] = images[:, :, shift:]
-    return [images, right, left]
-
-
 class OnnxBoneAgeModel:
     """An exported bone-age model: `.predict(images_uint8 (N, S, S), male (N,)) -> months (N,)`."""
 
@@ -112,11 +104,11 @@ class OnnxBoneAgeModel:
         self.batch_size = batch_size
         self.image_size = int(inputs["image"].shape[1])
 
-    def predict(self, images, male, tta: bool = False) -> np.ndarray:
+    def predict(self, images, male, tta: str = "none") -> np.ndarray:
         """Bone age in months, (N,), clipped to the data's age range like `model.predict_months`,
-        from uint8 (N, S, S) images and (N,) 0/1 sex flags."""
-        views = tta_views(np.asarray(images)) if tta else [np.asarray(images)]
-        return config.clip_to_age_range(np.mean([self._run(view, male) for view in views], axis=0))
+        from uint8 (N, S, S) images and (N,) 0/1 sex flags; `tta` is a mode of
+        `parameters.TTA_MODES`."""
+        return tta_average(self._run, images, male, tta)
 
     def _run(self, images: np.ndarray, male) -> np.ndarray:
         male = np.asarray(male, dtype=np.float32).reshape(-1)
@@ -136,23 +128,3 @@ class OnnxBoneAgeModel:
             months[start:stop] = self.session.run(None, feed)[0].reshape(-1)
         return months
 
-
-class KerasBoneAgeModel:
-    """The same interface on a .keras file, for models without an ONNX export (imports Keras)."""
-
-    def __init__(self, keras_path, *, batch_size: int = BATCH_SIZE):
-        import keras
-
-        keras_path = Path(keras_path)
-        if not keras_path.is_file():
-            raise FileNotFoundError(f"{keras_path}: Keras model file not found")
-        self.path = keras_path
-        self.batch_size = batch_size
-        self.model = keras.models.load_model(keras_path, compile=False)
-        self.image_size = int(self.model.input["image"].shape[1])
-
-    def predict(self, images, male, tta: bool = False) -> np.ndarray:
-        """Bone age in months, (N,), from uint8 (N, S, S) images and (N,) 0/1 sex flags."""
-        from utils.model import predict_months
-
-        return predict_months(self.model, images, male, batch_size=self.batch_size, tta=tta)

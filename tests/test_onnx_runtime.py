@@ -1,4 +1,5 @@
-"""The ONNX runtime must predict what the Keras model predicts, without importing TensorFlow."""
+"""The ONNX runtime must predict what the Keras model predicts, without importing TensorFlow;
+the Keras runtime (utils.model) must not load onnxruntime."""
 
 import subprocess
 import sys
@@ -7,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from utils import inference
-from utils.inference import OnnxBoneAgeModel, export_onnx
+from utils.model import KerasBoneAgeModel, predict_months
+from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx
+from utils.parameters import TTA_MODES
 
 IMAGE_SIZE = 32
 
@@ -60,21 +62,35 @@ def test_onnx_agrees_with_keras_predict(exported):
     assert not np.allclose(runtime.predict(images, 1 - male), onnx_months)
 
 
-def test_onnx_and_keras_test_time_augmentation_agree(exported):
-    from utils.model import predict_months
-
+@pytest.mark.parametrize("mode", ["shift", "flip", "shift_flip"])
+def test_onnx_and_keras_test_time_augmentation_agree(exported, mode):
     model, onnx_path = exported
     images, male = random_inputs(12, seed=3)
-    onnx_tta = OnnxBoneAgeModel(onnx_path).predict(images, male, tta=True)
-    np.testing.assert_allclose(onnx_tta, predict_months(model, images, male, tta=True), atol=1e-3)
-    assert not np.allclose(onnx_tta, OnnxBoneAgeModel(onnx_path).predict(images, male))
+    onnx_tta = OnnxBoneAgeModel(onnx_path).predict(images, male, tta=mode)
+    np.testing.assert_allclose(onnx_tta, predict_months(model, images, male, tta=mode), atol=1e-3)
+    keras_runtime = KerasBoneAgeModel(onnx_path.with_suffix(".keras"), batch_size=5)
+    np.testing.assert_allclose(keras_runtime.predict(images, male, tta=mode), onnx_tta, atol=1e-3)
+    # Each mode averages views of its own: none of them is the plain prediction or another mode's.
+    for other in (other for other in TTA_MODES if other != mode):
+        assert not np.allclose(onnx_tta, OnnxBoneAgeModel(onnx_path).predict(images, male, tta=other)), other
+
+
+def test_test_time_augmentation_is_the_mean_of_the_views(exported):
+    from utils.preprocessing import tta_views
+
+    _, onnx_path = exported
+    runtime = OnnxBoneAgeModel(onnx_path)
+    images, male = random_inputs(7, seed=4)
+    views = tta_views(images, "shift_flip")
+    expected = np.mean([runtime.predict(view, male) for view in views], axis=0)
+    np.testing.assert_allclose(runtime.predict(images, male, tta="shift_flip"), expected, atol=1e-5)
 
 
 def test_onnx_predictions_are_clipped_to_the_age_range(tmp_path):
     # An offset of 1000 months puts every raw output far above 240.
     onnx_path = export_onnx(tiny_model(offset=1000.0), tmp_path / "high.onnx")
     images, male = random_inputs(6)
-    for tta in (False, True):
+    for tta in TTA_MODES:
         np.testing.assert_array_equal(OnnxBoneAgeModel(onnx_path).predict(images, male, tta=tta), 240.0)
 
 
@@ -121,14 +137,12 @@ def test_missing_or_corrupt_model_file_is_named(tmp_path):
 
 
 def test_importing_the_runtime_does_not_import_tensorflow():
-    code = "import sys, utils.inference; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, utils.onnx_runtime; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_tta_views_shift_sideways_with_black_fill():
-    images = np.arange(2 * 40 * 40, dtype=np.uint8).reshape(2, 40, 40) | 1
-    original, right, left = inference.tta_views(images)
-    assert original is images
-    assert (right[:, :, 1:] == images[:, :, :-1]).all() and (right[:, :, 0] == 0).all()
-    assert (left[:, :, :-1] == images[:, :, 1:]).all() and (left[:, :, -1] == 0).all()
+def test_importing_the_keras_runtime_does_not_import_onnxruntime():
+    code = "import sys, utils.model; print('keras' in sys.modules, 'onnxruntime' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]
