@@ -28,7 +28,8 @@ import matplotlib
 matplotlib.use("Agg")  # a script: no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils import config, study  # noqa: E402
+from utils import config  # noqa: E402
+from utils.model_card import run_command  # noqa: E402
 from utils.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from utils.parameters import load_parameters  # noqa: E402
 
@@ -58,7 +59,7 @@ def overrides(name: str) -> dict:
 
 
 def command(name: str) -> str:
-    return f"{study.run_command(PRESET, overrides(name))} --stages {STAGES} --no-report"
+    return f"{run_command(PRESET, overrides(name))} --stages {STAGES} --no-report"
 
 
 def finished(name: str) -> bool:

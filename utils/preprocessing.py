@@ -43,14 +43,17 @@ HAND_CROP_MARGIN = 0.05
 # The mask is found on a copy whose long side is at most 256 px: a hand's outline needs no more,
 # and a 1600x2080 radiograph then costs little more than the shrinking itself.
 HAND_CROP_WORK_SIZE = 256
-# Blur sigma, as a fraction of the working long side (1 px at 256): noise must not fragment the mask.
-HAND_CROP_BLUR = 0.004
+# Blur sigma in working pixels: enough that pixel noise does not fragment the mask (shrinking a
+# large radiograph has averaged most of it already), little enough that noise does not merge into
+# blobs that survive the opening below (sigma 1 px makes pure noise look like a hand half the time).
+HAND_CROP_BLUR_PIXELS = 0.5
 # Otsu sees the blurred image clipped at its 99th percentile: a bright side marker or label (under
 # 1% of the pixels) would otherwise take a class of its own on a low-contrast radiograph.
 HAND_CROP_CLIP_PERCENTILE = 99.0
-# Opening by a disc of 2% of the working long side (5 px at 256, at least 3 px): removes specks and
-# the thin strokes of side markers and text labels, keeps fingers (over 10 px wide at 256 px).
-HAND_CROP_OPENING = 0.02
+# Opening by a 3 px disc at the working resolution: removes specks, thin strokes of text labels and
+# thin bridges to them. Not wider: it would erase the fingers of a hand that is small in the image
+# (a 224 px hand on a 500x700 canvas has 5 px wide fingers at the working resolution).
+HAND_CROP_OPENING_PIXELS = 3
 # Below 2% of the image the largest component is a speck, a letter or a blob of noise (pure noise
 # leaves blobs of about 1% at 100 px; hands cover 5% or more of RSNA radiographs); above 95% the
 # threshold separated nothing. Either way there is no hand to crop to: the image is returned unchanged.
@@ -209,12 +212,11 @@ def _find_hand(image: np.ndarray):
     work = image
     if factor > 1:
         work = cv2.resize(image, None, fx=1.0 / factor, fy=1.0 / factor, interpolation=cv2.INTER_AREA)
-    long_side = max(work.shape)
-    work = cv2.GaussianBlur(work, (0, 0), max(HAND_CROP_BLUR * long_side, 0.5))
+    work = cv2.GaussianBlur(work, (0, 0), HAND_CROP_BLUR_PIXELS)
     work = np.minimum(work, np.uint8(np.percentile(work, HAND_CROP_CLIP_PERCENTILE)))
     _, mask = cv2.threshold(work, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    disc = max(3, round(HAND_CROP_OPENING * long_side) | 1)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (disc, disc)))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (HAND_CROP_OPENING_PIXELS, HAND_CROP_OPENING_PIXELS))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disc)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count < 2:
         return None
