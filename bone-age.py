@@ -39,7 +39,7 @@ import json
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from utils import config
+from utils import config, figures
 from utils.parameters import load_parameters
 
 parameters = load_parameters(preset, overrides)
@@ -88,17 +88,10 @@ display(pd.DataFrame(metrics["by_age_band"]).T.round(2))
 # ## Key figures
 
 # %%
-for name, caption in [
-    ("learning_curves.png", "Learning curves: MAE per epoch, training and validation."),
-    ("predicted_vs_true.png", "Predicted against true bone age on the test split."),
-    ("bland_altman.png", "Bland-Altman: agreement between prediction and reference."),
-    ("residuals_by_age.png", "Signed error against true age, by sex."),
-    ("metrics_by_band.png", "MAE per age band."),
-    ("gradcam.png", "Grad-CAM: where the network looked (best, typical, worst case per band)."),
-]:
-    if (paths.figures / name).exists():
-        display(Markdown(f"**{caption}**"))
-        display(Image(filename=str(paths.figures / name), width=720))
+for figure in figures.in_summary():
+    if (paths.figures / figure.file_name).exists():
+        display(Markdown(f"**{figure.title}.** {figure.caption}"))
+        display(Image(filename=str(paths.figures / figure.file_name), width=720))
 
 # %% [markdown]
 # ## The stages

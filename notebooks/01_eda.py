@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from utils import config, evaluation, plots, preprocessing, quality, study
+from utils import config, evaluation, figures, plots, preprocessing, quality, study
 from utils.parameters import load_parameters
 
 parameters = load_parameters(preset, overrides)
@@ -58,7 +58,7 @@ table.head()
 
 # %%
 figure = plots.age_distribution(table)
-plots.save_figure(figure, paths.figures / "age_distribution.png");
+figures.publish(figure, paths.figures, "age_distribution")
 
 # %% [markdown]
 # Counts, sex balance and median age per age band: a model is judged per band in stage 04, so
@@ -114,7 +114,7 @@ grid_images = np.stack(
     ]
 )
 figure = plots.image_grid(grid_images, grid_titles, ncols=6, title="Radiographs by age band (youngest first)")
-plots.save_figure(figure, paths.figures / "sample_grid.png");
+figures.publish(figure, paths.figures, "sample_grid")
 
 # %% [markdown]
 # ## Data quality
@@ -141,4 +141,4 @@ if len(outliers):
         images[shown.index], [f"{row.id}: {row.quality_flag}" for row in shown.itertuples()], ncols=6,
         title="Images flagged as unusual (most unusual first)",
     )
-    plots.save_figure(figure, paths.figures / "quality_outliers.png")
+    figures.publish(figure, paths.figures, "quality_outliers")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from utils import config, data, evaluation, model, plots, preprocessing, study
+from utils import config, data, evaluation, figures, model, plots, preprocessing, study
 from utils.parameters import load_parameters
 
 parameters = load_parameters(preset, overrides)
@@ -71,7 +71,7 @@ titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
 figure = plots.image_grid(np.stack(before + after), titles + ["model input"] * len(titles), ncols=6,
     title="As stored (top) and as the model sees them (bottom)",
 )
-plots.save_figure(figure, paths.figures / "preprocessing_examples.png");
+figures.publish(figure, paths.figures, "preprocessing_examples")
 
 # %% [markdown]
 # ## The cache
@@ -123,4 +123,4 @@ augmented = [first] + [
 figure = plots.image_grid(np.stack(augmented), ["original"] + [f"augmented {index}" for index in range(1, 6)], ncols=6,
     title="Training-time augmentation of one image",
 )
-plots.save_figure(figure, paths.figures / "augmentation_preview.png");
+figures.publish(figure, paths.figures, "augmentation_preview")

@@ -37,7 +37,7 @@ import json
 
 import keras
 
-from utils import config, evaluation, model, plots, study, training
+from utils import config, evaluation, figures, model, plots, study, training
 from utils.parameters import load_parameters
 from utils.files import write_json_atomic
 
@@ -126,4 +126,4 @@ write_json_atomic(
 # %%
 baseline_history = json.loads(paths.baseline_history.read_text()) if baseline_summary else None
 figure = plots.learning_curves(json.loads(paths.history.read_text()), baseline_history)
-plots.save_figure(figure, paths.figures / "learning_curves.png");
+figures.publish(figure, paths.figures, "learning_curves")

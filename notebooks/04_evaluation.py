@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from utils import config, conformal, evaluation, model, model_card, onnx_runtime, plots, preprocessing, quality, study
+from utils import config, conformal, evaluation, figures, model, model_card, onnx_runtime, plots, preprocessing, quality, study
 from utils.parameters import TTA_MODES, load_parameters
 from utils.files import atomic_path
 
@@ -166,8 +166,8 @@ figure = plots.predicted_vs_true(
     y_true, y_pred, low=test_table["boneage_low"].to_numpy(), high=test_table["boneage_high"].to_numpy(),
     baseline_pred=baseline_pred,
 )
-plots.save_figure(figure, paths.figures / "predicted_vs_true.png");
-plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / "predicted_vs_true.html");
+figures.publish(figure, paths.figures, "predicted_vs_true")
+plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures / figures.INTERACTIVE["predicted_vs_true"]);
 
 # %% [markdown]
 # Predicted against true bone age on the test split; points on the diagonal are exact, the bars
@@ -176,7 +176,7 @@ plots.save_plotly_html(plots.plotly_predicted_vs_true(test_table), paths.figures
 
 # %%
 figure = plots.bland_altman(y_true, y_pred)
-plots.save_figure(figure, paths.figures / "bland_altman.png");
+figures.publish(figure, paths.figures, "bland_altman")
 
 # %% [markdown]
 # Bland-Altman: the difference (predicted − true) against the mean of the two; the dashed lines
@@ -184,14 +184,14 @@ plots.save_figure(figure, paths.figures / "bland_altman.png");
 
 # %%
 figure = plots.error_distribution(y_true, y_pred)
-plots.save_figure(figure, paths.figures / "error_distribution.png");
+figures.publish(figure, paths.figures, "error_distribution")
 
 # %% [markdown]
 # The distribution of signed errors; the guides mark ±6 and ±12 months.
 
 # %%
 figure = plots.metrics_by_band(metrics["by_age_band"], metrics["seed_baseline"]["by_age_band"] if metrics["seed_baseline"] else None)
-plots.save_figure(figure, paths.figures / "metrics_by_band.png");
+figures.publish(figure, paths.figures, "metrics_by_band")
 
 # %% [markdown]
 # MAE per age band (test images per band annotated).
@@ -200,7 +200,7 @@ plots.save_figure(figure, paths.figures / "metrics_by_band.png");
 figure = plots.interval_coverage(
     {band: values["coverage_pct"] for band, values in interval["by_age_band"].items()}, interval["nominal_pct"]
 )
-plots.save_figure(figure, paths.figures / "interval_coverage.png");
+figures.publish(figure, paths.figures, "interval_coverage")
 
 # %% [markdown]
 # Empirical coverage of the prediction intervals per age band, against the nominal level.

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from utils import config, evaluation, explain, plots, study
+from utils import config, evaluation, explain, figures, plots, study
 from utils.parameters import load_parameters
 
 parameters = load_parameters(preset, overrides)
@@ -63,7 +63,7 @@ figure = plots.image_grid(
     ncols=4,
     title="The largest errors on the test split",
 )
-plots.save_figure(figure, paths.figures / "worst_cases.png");
+figures.publish(figure, paths.figures, "worst_cases")
 
 # %% [markdown]
 # The radiographs the model got most wrong, largest error first: look for what they share
@@ -76,7 +76,7 @@ plots.save_figure(figure, paths.figures / "worst_cases.png");
 figure = plots.residuals_by_age(
     predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy(), male=predictions["male"].to_numpy()
 )
-plots.save_figure(figure, paths.figures / "residuals_by_age.png");
+figures.publish(figure, paths.figures, "residuals_by_age")
 
 # %% [markdown]
 # The signed error (predicted − true) against true age, with its binned mean; a downward slope
@@ -94,7 +94,7 @@ display(by_sex["error"].agg(n="count", bias="mean", mae=lambda error: error.abs(
 # %%
 bins = evaluation.calibration_bins(predictions["boneage"].to_numpy(), predictions["boneage_pred"].to_numpy())
 figure = plots.calibration_plot(bins)
-plots.save_figure(figure, paths.figures / "calibration.png");
+figures.publish(figure, paths.figures, "calibration")
 
 # %% [markdown]
 # Mean true age per bin of predicted age: on the diagonal, a predicted age means what it says.
@@ -128,7 +128,7 @@ chosen = pd.DataFrame(chosen)
 gradcam_images = np.stack([image_by_id[identifier] for identifier in chosen["id"]])
 heatmaps = explain.grad_cam(bone_age_model, gradcam_images, chosen["male"].to_numpy(dtype="float32"))
 figure = explain.gradcam_figure(gradcam_images, heatmaps, titles, ncols=3)
-plots.save_figure(figure, paths.figures / "gradcam.png");
+figures.publish(figure, paths.figures, "gradcam")
 
 # %% [markdown]
 # Each pair is the radiograph and its Grad-CAM overlay: maps concentrated on the phalanges,

@@ -83,6 +83,7 @@ def assert_table_types(table: pd.DataFrame) -> None:
     assert all(Path(path).is_absolute() for path in table["path"])
 
 
+@pytest.mark.slow
 def test_loads_rsna_bone_age_100():
     table = data.load_dataset(shared_folder("rsna-bone-age-100"))
     assert len(table) == 10_617

@@ -126,6 +126,7 @@ def square_in_quadrant(rng: np.random.Generator, count: int) -> tuple[np.ndarray
     return images, brightness, quadrants
 
 
+@pytest.mark.slow
 def test_a_trained_model_looks_at_the_square_that_sets_the_target():
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)

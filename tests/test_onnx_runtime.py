@@ -142,6 +142,7 @@ def test_importing_the_runtime_does_not_import_tensorflow():
     assert result.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_importing_the_keras_runtime_does_not_import_onnxruntime():
     code = "import sys, utils.model; print('keras' in sys.modules, 'onnxruntime' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -280,6 +280,7 @@ def test_wrong_or_missing_command_line_values_exit_2(model_dir, tmp_path, argume
     assert message in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_missing_model_fails_naming_it(tmp_path):
     image = write_png(tmp_path / "hand.png")
     for missing in (tmp_path / "nowhere" / "bone_age.onnx", tmp_path):
@@ -316,6 +317,7 @@ def test_keras_file_agrees_with_onnx_and_a_stale_export_is_not_used(model_dir, t
     assert resolve_model(keras_only)[0].name == "bone_age.keras"
 
 
+@pytest.mark.slow
 def test_gradcam_writes_an_overlay_per_image(model_dir, kaggle_folder, tmp_path):
     pytest.importorskip("utils.explain")
     image = write_png(tmp_path / "hand.png")

@@ -319,16 +319,14 @@ def test_rotate_turns_a_tilted_bar_upright(angle):
 
 @pytest.mark.parametrize("angle", [30, -30])
 def test_rotate_turns_a_tilted_hand_upright(angle):
-    canvas = np.zeros((320, 320), np.uint8)
-    canvas[80:240, 80:240] = clean_hand(160)
-    tilted = cv2.warpAffine(canvas, cv2.getRotationMatrix2D((160, 160), angle, 1.0), (320, 320))
+    tilted = clean_hand(256, Pose(rotation=angle, scale=0.8))
     upright = crop_to_hand(tilted, rotate=True)
     _, hand = cv2.threshold(upright, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    _, (width, height), rectangle_angle = cv2.minAreaRect(cv2.findNonZero(hand))
+    _, _, rectangle_angle = cv2.minAreaRect(cv2.findNonZero(hand))
     assert abs((rectangle_angle + 45) % 90 - 45) < 3  # the hand's rectangle now has upright sides
-    assert upright.shape[0] > 1.3 * upright.shape[1]  # its long side vertical
+    assert upright.shape[0] > 1.6 * upright.shape[1]  # and its long side is vertical
     box = crop_to_hand(tilted)
-    assert upright.shape[0] / upright.shape[1] > box.shape[0] / box.shape[1] + 0.3
+    assert upright.shape[0] / upright.shape[1] > box.shape[0] / box.shape[1] + 0.4
 
 
 def test_margin_grows_the_box_within_the_image():
@@ -341,7 +339,23 @@ def test_margin_grows_the_box_within_the_image():
     assert crop_to_hand(corner, margin=0.1).shape == pytest.approx((110, 55), abs=2)
 
 
+def test_crop_keeps_large_parts_and_drops_small_ones():
+    image = np.zeros((200, 240), np.uint8)
+    image[40:160, 40:90] = 200  # the hand
+    image[60:120, 120:160] = 200  # its thumb, cut off by the threshold: 40% of the hand's area
+    image[180:192, 200:212] = 255  # a side marker
+    crop = crop_to_hand(image, margin=0)
+    assert crop.shape == pytest.approx((120, 120), abs=2)
+
+
+def speck():
+    image = np.zeros((200, 200), np.uint8)
+    image[50:74, 60:84] = 255  # 1.4% of the image
+    return image
+
+
 NO_HAND = {
+    "speck": speck(),
     "blank": np.zeros((90, 120), np.uint8),
     "constant": np.full((90, 120), 128, np.uint8),
     "white": np.full((50, 70), 255, np.uint8),
@@ -446,7 +460,8 @@ def test_preprocess_paths_applies_the_hand_crop(tmp_path):
 def test_hand_crop_has_its_own_cache_file(tmp_path, decode_count):
     table = pd.DataFrame({"path": [str(path) for path in write_images(tmp_path, 3)]})
     cache_dir = tmp_path / "cache"
-    parameters = {"image_size": 16, "pad_to_square": True, "contrast": "none", "cache_dir": cache_dir, "progress": False}
+    parameters = {"image_size": 16, "pad_to_square": True, "contrast": "none", "cache_dir": cache_dir}
+    parameters["progress"] = False
     plain = load_images(table, **parameters)
     cropped = load_images(table, hand_crop="box", **parameters)
     again = load_images(table, hand_crop="box", **parameters)

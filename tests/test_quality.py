@@ -193,6 +193,7 @@ def test_importing_quality_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+@pytest.mark.slow
 def test_real_radiographs_when_available():
     """RSNA thumbnails vary far more than drawn hands (exposure, frames, labels, tilted hands)."""
     folder = RSNA_100 / "boneage-training-dataset"

@@ -85,14 +85,18 @@ def test_report_is_a_pdf_holding_the_metrics(tmp_path):
     assert list((tmp_path / "out").iterdir()) == [output]  # no temporary left
 
 
-def test_figures_in_fixed_order_then_unknown_ones_by_file_name(tmp_path):
-    results = make_results(tmp_path / "run", fake_metrics())
+def test_figures_of_the_registry_in_its_order_with_their_captions(tmp_path):
+    from utils import figures
+
+    results = make_results(tmp_path / "run", fake_metrics(), figures=("metrics_by_band.png", "bland_altman.png",
+                                                                      "sample_grid.png", "extra_plot.png"))
     pdf = report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes()
-    band = pdf.index(b"Mean absolute error per bone-age band")
-    bland = pdf.index(b"Bland-Altman plot")
-    extra = pdf.index(b"extra_plot.png")
-    assert bland < band < extra
-    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 3  # images drawn on the pages
+    bland = pdf.index(figures.get("bland_altman").title.encode())
+    band = pdf.index(figures.get("metrics_by_band").title.encode())
+    assert bland < band  # the registry's reading order, not the files' names
+    # Only the registry's report figures: not the sample grid (report=False), not an unknown file.
+    assert b"extra_plot" not in pdf and figures.get("sample_grid").title.encode() not in pdf
+    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 2  # images drawn on the pages
 
 
 def test_missing_seed_baseline_shows_dashes_and_synthetic_limitation(tmp_path):

@@ -10,6 +10,7 @@ from utils.model import build_model, load_initial_weights, predict_months
 from utils.parameters import load_parameters
 from utils.training import make_dataset, train_model
 
+
 SIZE = 32
 CI = load_parameters("ci")
 TINY = {**CI.network_options(), "widths": (4, 8), "dense_units": 8}
@@ -79,6 +80,7 @@ def test_make_dataset_refuses_misaligned_arrays():
         make_dataset(TRAIN[0], TRAIN[1], TRAIN[2][:10], batch_size=8, shuffle=False)
 
 
+@pytest.mark.slow
 def test_history_json_and_best_checkpoint(tmp_path):
     model = tiny_model()
     history = fit(model, tmp_path)
@@ -109,6 +111,7 @@ def test_resume_after_interruption_continues_from_last_completed_epoch(tmp_path)
     assert int(keras.models.load_model(tmp_path / "checkpoints" / "last.keras").optimizer.iterations) == 16
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_trained_again(tmp_path):
     fit(tiny_model(), tmp_path, epochs=2)
     first = FirstEpoch()
@@ -116,6 +119,7 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert first.first is None and history["epoch"] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, differs",
     [({"learning_rate": 5e-4}, "learning_rate"), ({"seed": 1}, "seed"), ({"network": {"dropout": 0.5}}, "network_sha256"),
@@ -130,6 +134,7 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, change, differs
         fit(model, tmp_path, epochs=2, **change)
 
 
+@pytest.mark.slow
 def test_time_budget_stops_training(tmp_path):
     history = fit(tiny_model(), tmp_path, epochs=50, time_budget_seconds=0.01)
     assert history["epoch"] == [1] and history["stop_reason"] == "time_budget"
@@ -145,6 +150,7 @@ def test_early_stopping_on_validation_mae(tmp_path):
     assert history["stop_reason"] == "early_stopping" and len(history["epoch"]) == 3
 
 
+@pytest.mark.slow
 def test_seed_baseline_trains(tmp_path):
     keras.utils.set_random_seed(0)
     model = build_model(SIZE, architecture="seed_baseline", target_mean=114.0, target_std=65.0, widths=(4, 8))
@@ -166,6 +172,7 @@ def test_transfer_learning_then_fine_tuning(tmp_path):
     assert np.isfinite(history["val_mae"][0])
 
 
+@pytest.mark.slow
 def test_ema_validates_and_keeps_the_averaged_weights(tmp_path):
     model = tiny_model()
     options = {**CI.training_options(), "ema": True, "ema_momentum": 0.5}
@@ -180,6 +187,7 @@ def test_ema_validates_and_keeps_the_averaged_weights(tmp_path):
     assert fit(tiny_model(), tmp_path, epochs=3, training_options=options)["epoch"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_leftover_temporary_checkpoints_are_removed(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     leftover = tmp_path / "checkpoints" / ".best.abc123.keras"

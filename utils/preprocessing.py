@@ -1,8 +1,9 @@
 """Decode radiographs of any common format to 8-bit grayscale, normalise them, and cache the result.
 
 Every image goes through the same three steps, so that training, evaluation and inference agree:
-`read_grayscale` (any file -> uint8 (H, W)), `preprocess_image` (pad, resize, contrast -> uint8
-(S, S)), and `load_images` (a whole table, cached as .npy so that a rerun does not decode again).
+`read_grayscale` (any file -> uint8 (H, W)), `preprocess_image` (optional `crop_to_hand`, pad,
+resize, contrast -> uint8 (S, S)), and `load_images` (a whole table, cached as .npy so that a rerun
+does not decode again).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ CLAHE_CLIP_LIMIT = 2.0
 # enough pixels; large ones keep OpenCV's default 8x8 grid.
 CLAHE_TILE_PIXELS = 32
 CLAHE_TILES_RANGE = (2, 8)
-# Optional crop to the hand (`crop_to_hand`), before padding: "box" is the hand's bounding box,
-# "rotated" first turns the hand upright. "none" leaves the pixels exactly as without the option.
+# Optional crop to the hand (`crop_to_hand`), before padding; HAND_CROPS: "box" is the hand's
+# bounding box, "rotated" first turns the hand upright, "none" leaves the pixels as they were.
 # Each side of the box grows by 5% of the box's side: Otsu's threshold misses the faint soft tissue
 # at the fingertips, and the mask is found at a reduced resolution (below).
 HAND_CROP_MARGIN = 0.05
@@ -61,6 +62,9 @@ HAND_CROP_AREA_RANGE = (0.02, 0.95)
 # A component that covers 90% of one whole side of the image is a collimator edge or a film border
 # (a forearm meets the border over well under that), so the hand may lie outside it: unchanged.
 HAND_CROP_MAX_SIDE_COVER = 0.9
+# Components of at least 30% of the largest one's area belong to the hand too: a thumb or forearm
+# that the threshold cut off. Letters, markers and specks are far smaller.
+HAND_CROP_PART_FRACTION = 0.3
 # rotate=True does not turn by less than 1 degree: interpolation would blur for nothing.
 HAND_CROP_MIN_ROTATION = 1.0
 
@@ -169,10 +173,11 @@ def crop_to_hand(image: np.ndarray, *, rotate: bool = False, margin: float = HAN
     """The part of a radiograph that holds the hand, uint8 (h, w), not resized.
 
     The hand is the largest connected component of an Otsu threshold of the lightly blurred image,
-    opened to drop specks and text labels. The crop is its bounding box grown by `margin` (a
-    fraction of the box's side) on each side, clipped to the image. With `rotate`, the image is
-    first turned by the smallest angle (at most 45 degrees) that makes the sides of the component's
-    minimum-area rectangle vertical and horizontal: the long side ends up vertical for every hand
+    opened to drop specks and text labels (with any component of at least HAND_CROP_PART_FRACTION
+    of its area). The crop is its bounding box grown by `margin` (a fraction of the box's side) on
+    each side, clipped to the image. With `rotate`, the image is first turned by the smallest angle
+    (at most 45 degrees) that makes the sides of the hand's minimum-area rectangle (cv2.minAreaRect)
+    vertical and horizontal: the long side ends up vertical for every hand
     tilted by less than 45 degrees. Not more: radiographs are taken upright give or take a tilt, and
     a hand wider than tall (spread thumb; 6% of the 100 px RSNA thumbnails) would be laid on its
     side. The part of the turned crop outside the image takes the background level. When no hand
@@ -199,9 +204,9 @@ def crop_to_hand(image: np.ndarray, *, rotate: bool = False, margin: float = HAN
 
 
 def _find_hand(image: np.ndarray):
-    """(bounding box, outline) of the largest component, or None; pixel-edge coordinates of `image`.
+    """(bounding box, outline) of the hand, or None; pixel-edge coordinates of `image`.
 
-    The box is (left, top, right, bottom); the outline holds the corners of the component's outer
+    The box is (left, top, right, bottom); the outline holds the corners of the hand's outer
     boundary pixels, (N, 2) x, y.
     """
     if image.min() == image.max():
@@ -220,18 +225,23 @@ def _find_hand(image: np.ndarray):
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count < 2:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    left, top, box_width, box_height, area = (int(value) for value in stats[largest])
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = 1 + int(np.argmax(areas))
     low, high = HAND_CROP_AREA_RANGE
-    if not low * mask.size <= area <= high * mask.size:
+    if not low * mask.size <= areas[largest - 1] <= high * mask.size:
         return None
-    component = (labels == largest).astype(np.uint8)
+    component = labels == largest
     side_cover = max(component[0].mean(), component[-1].mean(), component[:, 0].mean(), component[:, -1].mean())
     if side_cover >= HAND_CROP_MAX_SIDE_COVER:
         return None
+    parts = 1 + np.flatnonzero(areas >= HAND_CROP_PART_FRACTION * areas[largest - 1])
+    left, top = stats[parts, cv2.CC_STAT_LEFT].min(), stats[parts, cv2.CC_STAT_TOP].min()
+    right = (stats[parts, cv2.CC_STAT_LEFT] + stats[parts, cv2.CC_STAT_WIDTH]).max()
+    bottom = (stats[parts, cv2.CC_STAT_TOP] + stats[parts, cv2.CC_STAT_HEIGHT]).max()
     # Working pixel (i, j) averaged image pixels [i*factor, (i+1)*factor) x [j*factor, (j+1)*factor).
-    box = (left * factor, top * factor, (left + box_width) * factor, (top + box_height) * factor)
-    contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    box = (int(left) * factor, int(top) * factor, int(right) * factor, int(bottom) * factor)
+    hand = np.isin(labels, parts).astype(np.uint8)
+    contours, _ = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     centres = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
     corners = np.concatenate([centres + offset for offset in ((0, 0), (1, 0), (0, 1), (1, 1))])
     return box, corners * factor

@@ -22,6 +22,7 @@ from reportlab.lib.utils import ImageReader
 from reportlab.platypus import (Image, KeepTogether, ListFlowable, ListItem, PageBreak, Paragraph,
                                 SimpleDocTemplate, Spacer, Table, TableStyle)
 
+from utils import figures
 from utils.files import atomic_path
 from utils.parameters import normalise_tta
 
@@ -35,26 +36,6 @@ TTA_VIEWS = {  # the views of each mode of parameters.TTA_MODES but "none"
 MARGIN = 2.0 * cm
 TEXT_WIDTH = A4[0] - 2 * MARGIN
 FIGURE_MAX_HEIGHT = 10.5 * cm
-# Known figures in reading order: how training went, how good the predictions are, where they
-# fail, how trustworthy the intervals are, what the model looks at, then the data itself.
-FIGURE_CAPTIONS = {
-    "learning_curves.png": "Learning curves: mean absolute error (months) and loss per epoch on the training "
-                           "and validation splits; the star marks the epoch whose weights were kept.",
-    "predicted_vs_true.png": "Predicted against true bone age on the test split. The dashed line is perfect "
-                             "agreement; vertical bars show prediction intervals for a subset of images.",
-    "bland_altman.png": "Bland-Altman plot: difference (predicted - true) against the mean of both, with the "
-                        "bias and the 95% limits of agreement (bias ± 1.96 SD).",
-    "error_distribution.png": "Distribution of the signed error on the test split, with ±6 and ±12 month guides.",
-    "residuals_by_age.png": "Residual (predicted - true) against true bone age, with the mean and interquartile "
-                            "range per year of age. A downward trend means shrinkage towards the mean age.",
-    "metrics_by_band.png": "Mean absolute error per bone-age band; n is the number of test images in the band.",
-    "calibration.png": "Calibration: mean true age against mean predicted age in bins of the prediction.",
-    "interval_coverage.png": "Empirical coverage of the conformal prediction intervals per age band against "
-                             "the nominal coverage (dashed).",
-    "gradcam.png": "Grad-CAM saliency maps: image regions that most influence the predicted age.",
-    "age_distribution.png": "Distribution of bone age in the data set by sex.",
-    "sample_grid.png": "Sample of preprocessed input images with their bone age and sex.",
-}
 CONTRAST_DESCRIPTIONS = {
     "clahe": "contrast-limited adaptive histogram equalisation (CLAHE)",
     "percentile": "a percentile contrast stretch",
@@ -397,14 +378,13 @@ def _figure(path: Path, caption: str, number: int, styles) -> KeepTogether:
 
 
 def _figures_section(figures_dir: Path, styles) -> list:
-    present = sorted(figures_dir.glob("*.png")) if figures_dir.is_dir() else []
+    """The report's figures of the registry (utils/figures.py), in its order, where the run drew them."""
+    present = [figure for figure in figures.in_report() if (figures_dir / figure.file_name).is_file()]
     if not present:
         return []
-    names = [name for name in FIGURE_CAPTIONS if figures_dir.joinpath(name) in present]
-    names += [path.name for path in present if path.name not in FIGURE_CAPTIONS]
     return [PageBreak(), Paragraph("Figures", styles["heading"])] + [
-        _figure(figures_dir / name, FIGURE_CAPTIONS.get(name, name), number, styles)
-        for number, name in enumerate(names, start=1)]
+        _figure(figures_dir / figure.file_name, f"{figure.title}. {figure.caption}", number, styles)
+        for number, figure in enumerate(present, start=1)]
 
 
 def _limitations(metrics: dict) -> list[str]:
