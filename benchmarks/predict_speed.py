@@ -57,8 +57,8 @@ def untrained_model_dir(folder: Path, data_folder: Path) -> Path:
 
     parameters = load_parameters(PRESET)
     model = build_for_run(parameters, target_mean=127.0, target_std=41.0)
-    model.save(folder / "bone_age.keras")
-    export_onnx(model, folder / "bone_age.onnx")
+    model.save(folder / config.MODEL_FILE)
+    export_onnx(model, folder / config.ONNX_FILE)
     table, _ = folder_table(data_folder)
     images = load_images(
         table.head(QUALITY_IMAGES), parameters.image_size, pad_to_square=parameters.pad_to_square,
@@ -76,7 +76,7 @@ def untrained_model_dir(folder: Path, data_folder: Path) -> Path:
         split_counts={},
         git_commit="untrained",
     )
-    card.write(folder / "model_card.json")
+    card.write(folder / config.MODEL_CARD_FILE)
     return folder
 
 

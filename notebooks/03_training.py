@@ -37,7 +37,7 @@ import json
 
 import keras
 
-from utils import config, evaluation, figures, model, plots, study, training
+from utils import config, ensemble, evaluation, figures, model, plots, study, training
 from utils.parameters import load_parameters
 from utils.files import write_json_atomic
 
@@ -67,7 +67,7 @@ bone_age_model.summary()
 # after each epoch.
 
 # %%
-def fit(architecture, built_model, checkpoint_name, history_path, batch_size, learning_rate):
+def fit(architecture, built_model, checkpoint_name, history_path, batch_size, learning_rate, seed):
     """Train one model of this run and return its history with the training summary."""
     return training.train_model(
         built_model,
@@ -81,19 +81,38 @@ def fit(architecture, built_model, checkpoint_name, history_path, batch_size, le
         learning_rate=learning_rate,
         patience=parameters.patience,
         time_budget_seconds=parameters.time_budget_seconds,
-        seed=parameters.seed,
+        seed=seed,
         training_options=parameters.training_options() if architecture == "ours" else None,
     )
 
 
 # The machine's speed beside the training throughput (machines of one kind differ by up to 2x).
 machine_gflops = evaluation.matmul_gflops()
-summary = fit(
-    parameters.architecture, bone_age_model, "ours", paths.history, parameters.batch_size, parameters.learning_rate
-)
-bone_age_model.save(paths.model)
+summary = fit(parameters.architecture, bone_age_model, "ours", paths.history, parameters.batch_size,
+              parameters.learning_rate, parameters.seed)
 print(f"best epoch {summary['best_epoch']} · validation MAE {summary['best_val_mae']:.2f} months · "
       f"{summary['training_seconds'] / 60:.1f} min · {summary['train_images_per_second']:.0f} images/s")
+
+# %% [markdown]
+# ## Ensemble members
+# With `ensemble_members` > 1, more networks of the same design are trained with the seeds
+# that follow, each with its own checkpoints and history; the model shipped is their average
+# (`utils/ensemble.py`), one model with the same inputs and output.
+
+# %%
+members, member_summaries = [bone_age_model], [summary]
+for index in range(2, parameters.ensemble_members + 1):
+    member_seed = parameters.seed + index - 1
+    keras.utils.set_random_seed(member_seed)
+    member = model.build_for_run(parameters, target_mean=target_mean, target_std=target_std)
+    member_summary = fit(parameters.architecture, member, f"ours_member{index}", paths.member_history(index),
+                         parameters.batch_size, parameters.learning_rate, member_seed)
+    print(f"member {index} (seed {member_seed}): best epoch {member_summary['best_epoch']} · validation MAE "
+          f"{member_summary['best_val_mae']:.2f} months · {member_summary['training_seconds'] / 60:.1f} min")
+    members.append(member)
+    member_summaries.append(member_summary)
+bone_age_model = ensemble.average(members)
+bone_age_model.save(paths.model)
 
 # %% [markdown]
 # ## The seed study's model, same split, same budget
@@ -114,8 +133,8 @@ if parameters.train_seed_baseline:
           f"{baseline_summary['best_val_mae']:.2f} months · {baseline_summary['training_seconds'] / 60:.1f} min")
 write_json_atomic(
     paths.training_summary,
-    {"ours": summary, "seed_baseline": baseline_summary, "target_mean": target_mean, "target_std": target_std,
-     "numpy_fp32_matmul_gflops": machine_gflops},
+    {"ours": summary, "members": member_summaries, "seed_baseline": baseline_summary, "target_mean": target_mean,
+     "target_std": target_std, "numpy_fp32_matmul_gflops": machine_gflops},
 )
 
 # %% [markdown]

@@ -131,7 +131,8 @@ metrics = evaluation.build_performance_metrics(
     interval_nominal=parameters.interval_coverage,
     baseline_pred=baseline_pred,
     timing={
-        "training_seconds": training_summary["ours"]["training_seconds"],
+        # Every member of an ensemble counts (older runs have no "members").
+        "training_seconds": sum(member["training_seconds"] for member in training_summary.get("members") or [training_summary["ours"]]),
         "training_images_per_second": training_summary["ours"]["train_images_per_second"],
         "inference_images_per_second": speed["batch_images_per_second"],
         "inference_seconds_single_image": speed["single_image_seconds"],
@@ -214,7 +215,7 @@ figures.publish(figure, paths.figures, "interval_coverage")
 # for a fast start without TensorFlow.
 
 # %%
-onnx_runtime.export_onnx(paths.model, paths.models / "bone_age.onnx")
+onnx_runtime.export_onnx(paths.model, paths.onnx_model)
 card = model_card.ModelCard.from_run(
     parameters,
     overrides=overrides,

@@ -38,25 +38,29 @@ def test_readout_advanced_boy_at_a_tabulated_age():
     assert readout["chronological_age_months"] == 72.0
     assert readout["difference_months"] == pytest.approx(24.0)
     assert readout["reference_sd_months"] == pytest.approx(9.17)
-    assert readout["z_score"] == pytest.approx(24 / 9.17)  # 2.617
+    assert readout["bone_age_sds"] == pytest.approx(24 / 9.17)  # 2.617
+    assert readout["bone_age_centile"] == pytest.approx(99.556, abs=0.001)  # Φ(2.617)
     assert readout["category"] == "advanced"
+    assert readout["bone_age_type"] == "greulich-pyle"
 
 
 def test_readout_girl_at_a_tabulated_age():
     readout = clinical.clinical_readout(100, False, 120)
     assert readout["difference_months"] == pytest.approx(-20.0)
-    assert readout["z_score"] == pytest.approx(-20 / 11.73)  # -1.705
+    assert readout["bone_age_sds"] == pytest.approx(-20 / 11.73)  # -1.705
+    assert readout["bone_age_centile"] == pytest.approx(4.41, abs=0.01)  # Φ(-1.705)
     assert readout["category"] == "normal"
 
 
 def test_readout_at_an_interpolated_age():
     readout = clinical.clinical_readout(40, True, 66)  # SD 8.98
-    assert readout["z_score"] == pytest.approx(-26 / 8.98)  # -2.895
+    assert readout["bone_age_sds"] == pytest.approx(-26 / 8.98)  # -2.895
     assert readout["category"] == "delayed"
 
 
 def test_readout_without_chronological_age_gives_bone_age_only():
-    assert clinical.clinical_readout(150, False) == {"bone_age_months": 150.0, "bone_age_years": 12.5}
+    assert clinical.clinical_readout(150, False) == {
+        "bone_age_months": 150.0, "bone_age_years": 12.5, "bone_age_type": "greulich-pyle"}
 
 
 @pytest.mark.parametrize("male, age_months", [(True, 72), (False, 150), (True, 66)])
@@ -68,6 +72,10 @@ def test_category_boundary_exactly_two_sd_is_normal(male, age_months):
     assert clinical.clinical_readout(age_months - 2 * sd - 0.01, male, age_months)["category"] == "delayed"
 
 
+def test_centile_of_standard_deviation_scores():
+    np.testing.assert_allclose(clinical.centile([-2.0, 0.0, 1.0, 2.0]), [2.275, 50.0, 84.134, 97.725], atol=0.001)
+
+
 def test_category_of_z_scores():
     assert clinical.category([-2.5, -2.0, 0.0, 2.0, 2.0001]).tolist() == ["delayed", "normal", "normal", "normal", "advanced"]
 
@@ -76,7 +84,7 @@ def test_clinical_table_matches_single_readouts():
     table = clinical.clinical_table([96, 100, 40], [True, False, True], [72, 120, 66])
     assert table["category"].tolist() == ["advanced", "normal", "delayed"]
     for row, (bone_age, male, age) in zip(table.itertuples(), [(96, True, 72), (100, False, 120), (40, True, 66)]):
-        assert row.z_score == pytest.approx(clinical.clinical_readout(bone_age, male, age)["z_score"])
+        assert row.bone_age_sds == pytest.approx(clinical.clinical_readout(bone_age, male, age)["bone_age_sds"])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ FLOORS = [
     {"parameters", "evaluation", "synthetic", "plots", "clinical"},
     {"preprocessing", "conformal", "data", "figures"},
     {"model", "model_card", "onnx_runtime", "study"},
-    {"training", "explain", "report"},
+    {"training", "explain", "report", "ensemble"},
     {"predict", "pipeline"},
 ]
 FLOOR = {module: level for level, modules in enumerate(FLOORS) for module in modules}

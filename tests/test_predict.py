@@ -28,9 +28,12 @@ from utils.synthetic import render_hand
 from test_onnx_runtime import IMAGE_SIZE, tiny_model  # the same tiny model, with an augmentation layer
 
 JSON_KEYS = {
-    "file", "bone_age_months", "bone_age_years", "interval", "quality_flag", "quality_score", "sex", "sex_source", "model",
+    "file", "bone_age_months", "bone_age_years", "bone_age_type", "interval", "quality_flag", "quality_score", "sex",
+    "sex_source", "model",
 }
-CLINICAL_KEYS = {"chronological_age_months", "difference_months", "reference_sd_months", "z_score", "category"}
+CLINICAL_KEYS = {
+    "chronological_age_months", "difference_months", "reference_sd_months", "bone_age_sds", "bone_age_centile", "category",
+}
 
 
 def hand(age_months: float, male: bool, seed: int) -> np.ndarray:
@@ -252,7 +255,7 @@ def test_bare_dicom_folder_adds_the_clinical_columns(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "dicoms.csv").set_index("id")
     assert table.loc["girl", "chronological_age_months"] == 120 and table.loc["boy", "male"]
-    assert {"difference_months", "z_score", "category"} <= set(table.columns)
+    assert {"difference_months", "bone_age_sds", "bone_age_centile", "category"} <= set(table.columns)
 
 
 def test_corrupt_file_fails_naming_it_and_writes_nothing(model_dir, tmp_path):

@@ -12,15 +12,22 @@ A bone age more than 2 SD below the chronological age is "delayed", more than 2 
 "advanced", otherwise "normal" (exactly ±2 SD is still normal), the convention of clinical
 bone-age reports. The reference children were white, middle-class Americans born around 1930;
 the SDs are a convention, not a statement about today's population.
+
+Field names follow the RCPCH Digital Growth Charts API where it has one: `bone_age_sds` (the
+standard deviation score, (BA - CA) / SD), `bone_age_centile` (its normal centile, 0-100) and
+`bone_age_type` ("greulich-pyle", one of that API's bone-age methods). Ages stay in months.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 
 from utils.config import MAX_AGE_MONTHS
 NORMAL_RANGE_SD = 2.0
+BONE_AGE_TYPE = "greulich-pyle"  # the RCPCH API's name of the method the reference SDs belong to
 
 # Standard deviations of skeletal age (months) at each tabulated chronological age (months).
 #
@@ -104,11 +111,17 @@ def category(z_score) -> np.ndarray:
     return result
 
 
+def centile(sds) -> np.ndarray:
+    """The normal centile (0-100) of standard deviation scores: 50 at 0, 97.7 at +2, 2.3 at -2."""
+    sds = np.atleast_1d(np.asarray(sds, dtype=float))
+    return np.array([50.0 * (1.0 + math.erf(value / math.sqrt(2.0))) for value in sds.ravel()]).reshape(sds.shape)
+
+
 def clinical_table(bone_age_months, male, chronological_age_months) -> pd.DataFrame:
     """The clinical reading of many children at once, one row each.
 
     Columns: bone_age_months, chronological_age_months, difference_months (BA - CA),
-    reference_sd_months, z_score, category.
+    reference_sd_months, bone_age_sds ((BA - CA) / SD), bone_age_centile, category.
     """
     bone_age = _ages(bone_age_months, "bone_age_months")
     chronological_age = _ages(chronological_age_months, "chronological_age_months")
@@ -116,27 +129,29 @@ def clinical_table(bone_age_months, male, chronological_age_months) -> pd.DataFr
         raise ValueError(f"{bone_age.size} bone ages but {chronological_age.size} chronological ages")
     difference = bone_age - chronological_age
     sd = reference_sd_months(chronological_age, male)
-    z_score = difference / sd
+    sds = difference / sd
     return pd.DataFrame(
         {
             "bone_age_months": bone_age,
             "chronological_age_months": chronological_age,
             "difference_months": difference,
             "reference_sd_months": sd,
-            "z_score": z_score,
-            "category": category(z_score),
+            "bone_age_sds": sds,
+            "bone_age_centile": centile(sds),
+            "category": category(sds),
         }
     )
 
 
 def clinical_readout(bone_age_months: float, male: bool, chronological_age_months: float | None = None) -> dict:
-    """The reading of one child: bone age in months and years and, given the chronological age,
-    difference_months (BA - CA), reference_sd_months, z_score and category."""
+    """The reading of one child: bone age in months and years, bone_age_type and, given the
+    chronological age, difference_months (BA - CA), reference_sd_months, bone_age_sds,
+    bone_age_centile and category."""
     if np.ndim(bone_age_months) != 0 or np.ndim(male) != 0:
         raise ValueError("clinical_readout reads one child; use clinical_table for many")
     bone_age = float(_ages(bone_age_months, "bone_age_months")[0])
     _sexes(male, 1)
-    readout = {"bone_age_months": bone_age, "bone_age_years": bone_age / 12.0}
+    readout = {"bone_age_months": bone_age, "bone_age_years": bone_age / 12.0, "bone_age_type": BONE_AGE_TYPE}
     if chronological_age_months is None:
         return readout
     if np.ndim(chronological_age_months) != 0:
@@ -146,7 +161,8 @@ def clinical_readout(bone_age_months: float, male: bool, chronological_age_month
         chronological_age_months=float(row["chronological_age_months"]),
         difference_months=float(row["difference_months"]),
         reference_sd_months=float(row["reference_sd_months"]),
-        z_score=float(row["z_score"]),
+        bone_age_sds=float(row["bone_age_sds"]),
+        bone_age_centile=float(row["bone_age_centile"]),
         category=str(row["category"]),
     )
     return readout

@@ -25,6 +25,11 @@ FULLRES_SAMPLE_DIR = SHARED_DATA_DIR / "rsna-fullres-sample"
 COMMITTED_RUN = "rsna100"
 # Bone ages and chronological ages the study accepts (RSNA labels run 1..228 months).
 MAX_AGE_MONTHS = 240
+# File names that code outside RunPaths needs too (a model folder or a results folder given by path).
+MODEL_FILE = "bone_age.keras"
+ONNX_FILE = "bone_age.onnx"
+MODEL_CARD_FILE = "model_card.json"
+METRICS_FILE = "performance_metrics.json"
 # The study's splits: fit, early stopping, interval calibration, the reported numbers.
 SPLITS = ("train", "validation", "calibration", "test")
 
@@ -50,6 +55,13 @@ def display_path(path) -> str:
     """A path as records show it: relative to the project when inside it (as committed files are)."""
     path = Path(path).resolve()
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def notebook_attempt(record, state: str) -> Path:
+    """A stage's notebook while it runs (state "running") or after it failed ("failed"), beside its
+    record `<stage>.ipynb`, which only a successful run replaces."""
+    record = Path(record)
+    return record.with_name(f"{record.stem}.{state}.ipynb")
 
 
 def clip_to_age_range(months):
@@ -109,7 +121,7 @@ class RunPaths:
 
     @property
     def metrics(self) -> Path:
-        return self.results / "performance_metrics.json"
+        return self.results / METRICS_FILE
 
     @property
     def report(self) -> Path:
@@ -121,7 +133,11 @@ class RunPaths:
 
     @property
     def model(self) -> Path:
-        return self.models / "bone_age.keras"
+        return self.models / MODEL_FILE
+
+    def member_history(self, index: int) -> Path:
+        """The history of member `index` (1-based) of an ensemble; member 1's is `history`."""
+        return self.history if index == 1 else self.results / f"history_member{index}.json"
 
     @property
     def baseline_model(self) -> Path:
@@ -129,11 +145,11 @@ class RunPaths:
 
     @property
     def onnx_model(self) -> Path:
-        return self.models / "bone_age.onnx"
+        return self.models / ONNX_FILE
 
     @property
     def model_card(self) -> Path:
-        return self.models / "model_card.json"
+        return self.models / MODEL_CARD_FILE
 
     @property
     def checkpoints(self) -> Path:
@@ -145,6 +161,10 @@ class RunPaths:
 
     def notebook(self, stage: str) -> Path:
         return self.notebooks / f"{stage}.ipynb"
+
+    def failed_notebook(self, stage: str) -> Path:
+        """The last failed attempt at a stage (and its .html), kept beside the stage's record."""
+        return notebook_attempt(self.notebook(stage), "failed")
 
     def make(self) -> "RunPaths":
         """Create the run's folders (the pipeline and the stages that write do this, once)."""

@@ -4,11 +4,13 @@ Everything here is plain NumPy/pandas so that it imports in a blink (no TensorFl
 Ages are in months throughout; an error is `prediction - truth`, so a positive bias means
 the model reads hands as older than they are.
 
-performance_metrics.json, schema_version 1
+performance_metrics.json, schema_version 2
 ------------------------------------------
-One JSON object per run, written by `write_performance_metrics` (atomically; NaN as null):
+One JSON object per run, written by `write_performance_metrics` (atomically; NaN as null).
+Version 2 added the 95% confidence intervals (``ci``), ``rmse`` and ``few_images`` per group,
+coverage per sex, the slope's interval and the paired comparison with the seed baseline.
 
-- ``schema_version``: 1.
+- ``schema_version``: 2.
 - ``run``: ``name``, ``preset``, ``parameters`` (the full parameter dict of the run),
   ``git_commit`` (``git rev-parse HEAD``, with ``-dirty`` if tracked files differ from it,
   ``"unknown"`` outside a git checkout), ``created_utc`` (ISO 8601),
@@ -21,20 +23,34 @@ One JSON object per run, written by `write_performance_metrics` (atomically; NaN
   ``pearson_r``, ``r2``, ``bias`` (mean of prediction - truth) and ``within_6_pct``,
   ``within_12_pct``, ``within_18_pct``, ``within_24_pct``: percent (0-100) of test images whose
   absolute error is at most 6/12/18/24 months.
+- ``ci``: 95% confidence intervals of ``mae``, ``rmse``, ``bias`` and ``within_12_pct``, each
+  ``{low, high}`` (null for fewer than 2 images); see ``confidence_intervals``.
+- ``confidence_intervals``: how every ``ci`` was computed: ``method`` (percentile bootstrap over
+  the test images with `scipy.stats.bootstrap`, the images drawn with replacement and every
+  quantity of a group computed on the same draws), ``confidence_pct`` (95), ``resamples``,
+  ``seed`` and ``few_images_below`` (MIN_GROUP_IMAGES: groups with fewer images are marked).
 - ``baseline_mae_mean_predictor``: the MAE of always predicting the training mean.
 - ``by_age_band``: for each band of AGE_BANDS (true age; in age order, empty bands left out)
-  ``{n, mae, bias, within_12_pct}``; ``by_sex``: the same for ``female`` and ``male``.
+  ``{n, mae, rmse, bias, within_12_pct, few_images, ci}`` (``ci`` as above, ``few_images``
+  true when n < ``few_images_below``); ``by_sex``: the same for ``female`` and ``male``.
 - ``prediction_interval``: ``method`` and ``nominal_pct`` of the conformal intervals, their
-  empirical ``coverage_pct`` and ``mean_width`` (months) on the test split and ``by_age_band``
-  ``{n, coverage_pct, mean_width}``.
+  empirical ``coverage_pct`` (with ``ci.coverage_pct``) and ``mean_width`` (months) on the test
+  split, and ``by_age_band`` and ``by_sex``: ``{n, coverage_pct, mean_width, ci}``.
 - ``regression_to_mean``: ``slope`` and ``intercept`` of the least-squares line of the residual
-  (prediction - truth) on the true age; a negative slope means young hands are read too old and
-  old hands too young.
-- ``seed_baseline``: null, or the flat accuracy keys above plus ``by_age_band`` for the seed
-  study's model on the same test split.
+  (prediction - truth) on the true age, and ``ci.slope``; a negative slope means young hands
+  are read too old and old hands too young.
+- ``seed_baseline``: null, or the flat accuracy keys above, ``ci``, ``by_age_band`` and
+  ``by_sex`` for the seed study's model on the same test split, and ``paired_mae_difference``:
+  its MAE minus ours on the same images with a paired bootstrap interval (`paired_mae_difference`:
+  ``n``, ``mae_a`` ours, ``mae_b`` the baseline's, ``difference``, ``low``, ``high``,
+  ``confidence_pct``).
 - ``timing``: ``training_seconds``, ``training_images_per_second``,
   ``inference_images_per_second``, ``inference_seconds_single_image`` (null when not measured),
   ``numpy_fp32_matmul_gflops_at_training`` and ``_at_evaluation``: the machine's speed beside them.
+
+Stage 05 writes its findings to a second file, error_analysis.json (`error_analysis_findings`
+builds it; schema in that function), and the check on the six-reader test images to
+external_check.json (`external_check`).
 """
 
 from __future__ import annotations
@@ -53,14 +69,21 @@ import pandas as pd
 from utils import config
 from utils.files import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 AGE_BANDS = [(0, 24, "0-2 y"), (24, 60, "2-5 y"), (60, 120, "5-10 y"), (120, 180, "10-15 y"), (180, 240, "15-19 y")]
 SEX_LABELS = ["female", "male"]
 WITHIN_MONTHS = (6, 12, 18, 24)
 FLAT_METRIC_KEYS = ["n", "mae", "rmse", "mse", "pearson_r", "r2", "bias"] + [
     f"within_{months}_pct" for months in WITHIN_MONTHS
 ]
-GROUP_METRIC_KEYS = ["n", "mae", "bias", "within_12_pct"]
+GROUP_METRIC_KEYS = ["n", "mae", "rmse", "bias", "within_12_pct"]
+# The quantities that get a confidence interval, and how it is computed.
+CI_KEYS = ("mae", "rmse", "bias", "within_12_pct")
+CI_CONFIDENCE = 0.95
+CI_RESAMPLES = 2000
+CI_SEED = 0
+# A group (age band, sex) with fewer test images than this is marked: its numbers are imprecise.
+MIN_GROUP_IMAGES = 30
 MODEL_KEYS = ["architecture", "parameters_count", "image_size", "path"]
 TIMING_KEYS = [
     "training_seconds",
@@ -152,8 +175,12 @@ def group_order(groups) -> list:
     return sorted(present, key=str)
 
 
-def metrics_by_group(y_true, y_pred, groups) -> dict:
-    """{group: {n, mae, bias, within_12_pct}} for each label of `groups`, in `group_order`."""
+def metrics_by_group(y_true, y_pred, groups, *, ci: bool = False) -> dict:
+    """{group: {n, mae, rmse, bias, within_12_pct}} for each label of `groups`, in `group_order`.
+
+    With `ci`, each group also gets ``few_images`` (n < MIN_GROUP_IMAGES) and ``ci``
+    (`accuracy_ci` of its images).
+    """
     y_true, y_pred = _paired_arrays(y_true, y_pred)
     groups = np.asarray(groups, dtype=object).ravel()
     if groups.shape != y_true.shape:
@@ -163,7 +190,101 @@ def metrics_by_group(y_true, y_pred, groups) -> dict:
         members = groups == group
         metrics = regression_metrics(y_true[members], y_pred[members])
         result[group] = {key: metrics[key] for key in GROUP_METRIC_KEYS}
+        if ci:
+            result[group]["few_images"] = bool(members.sum() < MIN_GROUP_IMAGES)
+            result[group]["ci"] = accuracy_ci(y_true[members], y_pred[members])
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence intervals (bootstrap over the test images)
+# ---------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(statistic, *samples, confidence: float = CI_CONFIDENCE, resamples: int = CI_RESAMPLES,
+                 seed: int = CI_SEED) -> dict | None:
+    """{low, high}: the percentile bootstrap interval of `statistic(*samples, axis=-1)`.
+
+    The samples are per-image arrays of one length, drawn together (paired: image i keeps its
+    values in every sample) with `scipy.stats.bootstrap`. The same seed draws the same images
+    for every statistic of the same n, so that intervals of one group come from one set of
+    draws. `statistic` must be vectorised (take an `axis`). None for fewer than 2 images, where
+    resampling says nothing.
+    """
+    import warnings
+
+    from scipy import stats
+
+    samples = [np.asarray(sample, dtype=float).ravel() for sample in samples]
+    if len({sample.size for sample in samples}) != 1:
+        raise ValueError(f"bootstrap_ci: samples of different lengths {[sample.size for sample in samples]}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if samples[0].size < 2:
+        return None
+    with warnings.catch_warnings():
+        # Constant data (every image covered, say) give the degenerate interval [x, x]: fine here.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", getattr(stats, "DegenerateDataWarning", RuntimeWarning))
+        result = stats.bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=resamples,
+                                 confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return {"low": float(low), "high": float(high)}
+
+
+def _mean(values, axis=-1):
+    return np.mean(values, axis=axis)
+
+
+def _root_mean(values, axis=-1):
+    return np.sqrt(np.mean(values, axis=axis))
+
+
+def _percent(values, axis=-1):
+    return 100.0 * np.mean(values, axis=axis)
+
+
+def _slope(x, y, axis=-1):
+    """Least-squares slope of y on x along `axis` (NaN where x is constant)."""
+    x_centred = x - np.mean(x, axis=axis, keepdims=True)
+    y_centred = y - np.mean(y, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(x_centred * y_centred, axis=axis) / np.sum(x_centred**2, axis=axis)
+
+
+def accuracy_ci(y_true, y_pred, **options) -> dict:
+    """95% bootstrap intervals of CI_KEYS (mae, rmse, bias, within_12_pct): {key: {low, high} or None}."""
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    error = y_pred - y_true
+    per_image = {"mae": (_mean, np.abs(error)), "rmse": (_root_mean, error**2), "bias": (_mean, error),
+                 "within_12_pct": (_percent, np.abs(error) <= 12)}
+    return {key: bootstrap_ci(statistic, values, **options) for key, (statistic, values) in per_image.items()}
+
+
+def coverage_ci(y_true, low, high, **options) -> dict | None:
+    """95% bootstrap interval of the interval coverage (%), or None for fewer than 2 images."""
+    y_true, low, high = (np.asarray(values, dtype=float).ravel() for values in (y_true, low, high))
+    return bootstrap_ci(_percent, (low <= y_true) & (y_true <= high), **options)
+
+
+def slope_ci(y_true, y_pred, **options) -> dict | None:
+    """95% bootstrap interval of the regression-to-the-mean slope (see `regression_to_mean`)."""
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    if y_true.size < 3 or np.ptp(y_true) == 0:
+        return None
+    interval = bootstrap_ci(_slope, y_true, y_pred - y_true, **options)
+    return None if interval is None or not all(map(math.isfinite, interval.values())) else interval
+
+
+def ci_settings() -> dict:
+    """The ``confidence_intervals`` record of the metrics file: how every ``ci`` was computed."""
+    return {
+        "method": "percentile bootstrap over the test images (scipy.stats.bootstrap, paired resampling)",
+        "confidence_pct": 100.0 * CI_CONFIDENCE,
+        "resamples": CI_RESAMPLES,
+        "seed": CI_SEED,
+        "few_images_below": MIN_GROUP_IMAGES,
+    }
 
 
 def baseline_mae_mean_predictor(train_ages, test_ages) -> float:
@@ -207,8 +328,11 @@ def paired_mae_difference(y_true, pred_a, pred_b, *, resamples: int = 2000, conf
 # ---------------------------------------------------------------------------------------------
 
 
-def interval_metrics(y_true, low, high, groups=None) -> dict:
-    """Empirical coverage (%) and mean width (months) of intervals, overall and per group."""
+def interval_metrics(y_true, low, high, groups=None, *, ci: bool = False) -> dict:
+    """Empirical coverage (%) and mean width (months) of intervals, overall and per group.
+
+    With `ci`, the overall result and each group also get ``ci: {coverage_pct: {low, high}}``.
+    """
     y_true = np.asarray(y_true, dtype=float).ravel()
     low = np.asarray(low, dtype=float).ravel()
     high = np.asarray(high, dtype=float).ravel()
@@ -219,6 +343,8 @@ def interval_metrics(y_true, low, high, groups=None) -> dict:
     covered = (low <= y_true) & (y_true <= high)
     width = high - low
     result = {"coverage_pct": float(100.0 * covered.mean()), "mean_width": float(width.mean()), "by_group": {}}
+    if ci:
+        result["ci"] = {"coverage_pct": coverage_ci(y_true, low, high)}
     if groups is not None:
         groups = np.asarray(groups, dtype=object).ravel()
         if groups.shape != y_true.shape:
@@ -230,6 +356,9 @@ def interval_metrics(y_true, low, high, groups=None) -> dict:
                 "coverage_pct": float(100.0 * covered[members].mean()),
                 "mean_width": float(width[members].mean()),
             }
+            if ci:
+                result["by_group"][group]["ci"] = {
+                    "coverage_pct": coverage_ci(y_true[members], low[members], high[members])}
     return result
 
 
@@ -375,7 +504,11 @@ def build_performance_metrics(
     y_true, y_pred = _paired_arrays(y_true, y_pred)
     bands = age_band(y_true) if groups_age_band is None else np.asarray(groups_age_band, dtype=object).ravel()
     low, high = interval
-    intervals = interval_metrics(y_true, low, high, groups=bands)
+    sexes = sex_label(male)
+    if sexes.shape != y_true.shape:
+        raise ValueError(f"male has {sexes.size} values but there are {y_true.size} test images")
+    intervals = interval_metrics(y_true, low, high, groups=bands, ci=True)
+    intervals_by_sex = interval_metrics(y_true, low, high, groups=sexes, ci=True)
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -394,24 +527,35 @@ def build_performance_metrics(
         },
         "model": _pick(model_info, MODEL_KEYS, "model_info"),
         **regression_metrics(y_true, y_pred),
+        "ci": accuracy_ci(y_true, y_pred),
+        "confidence_intervals": ci_settings(),
         "baseline_mae_mean_predictor": baseline_mae_mean_predictor(train_ages, y_true),
-        "by_age_band": metrics_by_group(y_true, y_pred, bands),
-        "by_sex": metrics_by_group(y_true, y_pred, sex_label(male)),
+        "by_age_band": metrics_by_group(y_true, y_pred, bands, ci=True),
+        "by_sex": metrics_by_group(y_true, y_pred, sexes, ci=True),
         "prediction_interval": {
             "method": interval_method,
             "nominal_pct": 100.0 * interval_nominal,
             "coverage_pct": intervals["coverage_pct"],
             "mean_width": intervals["mean_width"],
+            "ci": intervals["ci"],
             "by_age_band": intervals["by_group"],
+            "by_sex": intervals_by_sex["by_group"],
         },
-        "regression_to_mean": regression_to_mean(y_true, y_pred),
+        "regression_to_mean": {**regression_to_mean(y_true, y_pred), "ci": {"slope": slope_ci(y_true, y_pred)}},
         "seed_baseline": None,
         "timing": _pick(timing, TIMING_KEYS, "timing"),
     }
     if baseline_pred is not None:
+        _, baseline_pred = _paired_arrays(y_true, baseline_pred)
         metrics["seed_baseline"] = {
             **regression_metrics(y_true, baseline_pred),
-            "by_age_band": metrics_by_group(y_true, baseline_pred, bands),
+            "ci": accuracy_ci(y_true, baseline_pred),
+            "by_age_band": metrics_by_group(y_true, baseline_pred, bands, ci=True),
+            "by_sex": metrics_by_group(y_true, baseline_pred, sexes, ci=True),
+            # Both models on the same images: the paired interval of the difference is far
+            # narrower than the two separate intervals suggest.
+            "paired_mae_difference": paired_mae_difference(
+                y_true, y_pred, baseline_pred, resamples=CI_RESAMPLES, confidence=CI_CONFIDENCE, seed=CI_SEED),
         }
     return metrics
 

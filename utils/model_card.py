@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from utils import config
 from utils.conformal import ConformalInterval
 from utils.files import write_json_atomic
 from utils.parameters import CONTRASTS, normalise_tta
 from utils.quality import QualityReference
 
 CARD_VERSION = 2
-CARD_FILE = "model_card.json"
-MODEL_FILE = "bone_age.keras"
+CARD_FILE = config.MODEL_CARD_FILE
+MODEL_FILE = config.MODEL_FILE
 RERUN_STAGES = "04,05"  # stage 04 writes the card; 05 reads stage 04's predictions
 
 

@@ -191,6 +191,7 @@ class Parameters:
     augment_contrast: float = _parameter(_number(0.0, 1.0), "random contrast factor")
     augment_brightness: float = _parameter(_number(0.0, 1.0), "random brightness factor")
     augment_flip: bool = _parameter(_boolean, "random horizontal flip")
+    ensemble_members: int = _parameter(_integer(1, 8), "networks trained with seeds seed, seed+1, ... and averaged")
     train_seed_baseline: bool = _parameter(_boolean, "also train the seed study's model")
     # evaluation
     tta: str = _parameter(normalise_tta, "test-time augmentation")

@@ -13,11 +13,15 @@ results/<run_name>/, the model to models/<run_name>/.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -32,8 +36,22 @@ STAGES = ["01_eda", "02_preprocessing", "03_training", "04_evaluation", "05_erro
 SUMMARY_NOTEBOOK = config.PROJECT_ROOT / "bone-age.ipynb"
 
 
+TRAINING_STAGE = "03_training"
+DEAD_KERNEL = "the kernel died, often memory: try a smaller batch_size or image_size"
+INTERRUPTED_STATUS = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+
+
 class StageFailed(RuntimeError):
-    """A notebook cell raised; the partly executed notebook is kept for inspection."""
+    """A stage that did not finish: a cell error, a timeout, a dead kernel or Ctrl-C. The message
+    names the notebook, the cell and the cause; the attempt is kept as `<stage>.failed.ipynb`."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class RunLocked(RuntimeError):
+    """Another process is running a run of the same name."""
 
 
 def parse_overrides(pairs) -> dict:
@@ -68,16 +86,26 @@ def ensure_kernel() -> None:
 
 
 def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, timeout: int) -> float:
-    """Execute one notebook with papermill; return its wall time in seconds."""
+    """Execute one notebook with papermill into `output` (the stage's record, with an .html copy);
+    return its wall time in seconds.
+
+    The notebook is written to `<stage>.running.ipynb` while it runs. Only success replaces the
+    record; a failure of any kind (a cell error, a cell running past `timeout`, a dead kernel,
+    Ctrl-C) keeps the attempt as `<stage>.failed.ipynb` and .html, leaves an earlier record as it
+    was, and raises StageFailed naming the notebook, the cell and the cause.
+    """
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    running, failed = config.notebook_attempt(output, "running"), config.notebook_attempt(output, "failed")
+    status = 1
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
             str(source),
-            str(output),
+            str(running),
             parameters={"preset": preset, "overrides": overrides},
             kernel_name=KERNEL_NAME,
             cwd=str(source.parent),
@@ -85,13 +113,51 @@ def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, t
             execution_timeout=timeout,
         )
     except PapermillExecutionError as error:
-        raise StageFailed(
-            f"{source.name} failed in cell {error.cell_index} (execution count {error.exec_count}): "
-            f"{error.ename}: {error.evalue}\npartly executed notebook kept at {output}"
-        ) from None
-    finally:
+        cell, cause = _describe_cell(running, error.cell_index, error.exec_count), f"{error.ename}: {error.evalue}"
+    except CellTimeoutError:
+        cell, cause = _describe_cell(running), f"the cell ran longer than --timeout {timeout} s"
+    except DeadKernelError:
+        cell, cause = _describe_cell(running), DEAD_KERNEL
+    except KeyboardInterrupt:
+        cell, cause, status = _describe_cell(running), "interrupted (Ctrl-C)", INTERRUPTED_STATUS
+    except Exception as error:  # the kernel did not start, a parameter papermill refused, a file error
+        cell, cause = _describe_cell(running), f"{type(error).__name__}: {error}"
+    else:
+        os.replace(running, output)
         write_html(output)
-    return time.perf_counter() - started
+        for stale in (failed, failed.with_suffix(".html")):
+            stale.unlink(missing_ok=True)
+        return time.perf_counter() - started
+    kept = "no notebook was written"
+    if running.exists():
+        os.replace(running, failed)
+        write_html(failed)
+        kept = f"partly executed notebook: {failed} (and .html)"
+        if output.exists():
+            kept += f"; the last successful run's {output.name} is kept"
+    raise StageFailed(f"{source.name} failed in {cell}: {cause}\n  {kept}", status)
+
+
+def _describe_cell(notebook_path: Path, index: int | None = None, execution_count: int | None = None) -> str:
+    """`cell 7 (execution count 5: first line of its code)`; without `index`, the cell that was
+    running when execution stopped (the last one papermill started)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(notebook_path, as_version=4).cells
+    except Exception:  # not written yet, or written half by a killed run
+        cells = []
+    if index is None:
+        started = [number for number, cell in enumerate(cells) if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+        if not started:
+            return "no cell (before the first cell ran)"
+        index = started[-1]
+    if index < len(cells):
+        execution_count = cells[index].get("execution_count") if execution_count is None else execution_count
+        first_line = next((line.strip() for line in cells[index].source.splitlines() if line.strip()), "")
+        first_line = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+        return f"cell {index} (execution count {execution_count}: {first_line})"
+    return f"cell {index} (execution count {execution_count})"
 
 
 def write_html(notebook_path: Path) -> None:
@@ -106,16 +172,107 @@ def write_html(notebook_path: Path) -> None:
         temporary.write_text(body, encoding="utf-8")
 
 
+def resume_hint(paths: config.RunPaths, epochs: int) -> str:
+    """What rerunning the same command does after stage 03 stopped: from which epoch each model
+    resumes (the checkpoints' state.json counts the completed epochs)."""
+    progress = []
+    for state_file in sorted(paths.checkpoints.glob("*/state.json")):
+        try:
+            completed = len(json.loads(state_file.read_text(encoding="utf-8"))["history"].get("epoch", []))
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
+        progress.append((state_file.parent.name, completed))
+    if not progress:
+        return "rerun the same command to start training again (no epoch was completed)"
+    if len(progress) == 1:
+        name, completed = progress[0]
+        if completed >= epochs:
+            return f"rerun the same command to continue after training ({completed} epochs done)"
+        return (f"rerun the same command to resume from epoch {completed + 1} "
+                f"({completed} of {epochs} epochs done; checkpoints in {paths.checkpoints / name})")
+    models = ", ".join(
+        f"{name} finished ({completed} epochs)" if completed >= epochs else f"{name} from epoch {completed + 1}"
+        for name, completed in progress
+    )
+    return f"rerun the same command to resume: {models} (checkpoints in {paths.checkpoints})"
+
+
+@contextlib.contextmanager
+def run_lock(paths: config.RunPaths):
+    """Hold the lock of a run name (results/<run>/.run.lock) while the block runs.
+
+    A second holder is refused at once with RunLocked naming the first one's PID, start time and
+    command. The lock is an flock, which the system releases when its process dies however it
+    dies; a lock file left by a dead process is taken over with a note.
+    """
+    paths.results.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(paths.lock, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_lock(handle)
+            handle.close()
+            raise RunLocked(
+                f"run {paths.run_name!r} is already running: {_describe_holder(holder)} holds {paths.lock}; "
+                "wait for it to finish, stop it, or give this run another run_name"
+            ) from None
+        try:
+            current = os.stat(paths.lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed the file between our open and our lock: lock the new one
+    try:
+        previous = _read_lock(handle)
+        if previous:
+            print(f"note: taking over the lock of run {paths.run_name!r} from {_describe_holder(previous)}, "
+                  "which stopped without releasing it (it was killed)", flush=True)
+        handle.seek(0)
+        handle.truncate()
+        json.dump({"pid": os.getpid(), "started": datetime.now().isoformat(sep=" ", timespec="seconds"),
+                   "command": shlex.join([Path(sys.executable).name, *sys.argv])}, handle)
+        handle.flush()
+        yield
+    finally:
+        # Removed while still locked: a process waiting on the old file sees it gone and retries.
+        paths.lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _read_lock(handle) -> dict:
+    handle.seek(0)
+    try:
+        return json.loads(handle.read() or "{}")
+    except ValueError:
+        return {"pid": "?", "started": "?", "command": "(unreadable lock file)"}
+
+
+def _describe_holder(holder: dict) -> str:
+    return (f"PID {holder.get('pid', '?')} (started {holder.get('started', '?')}: "
+            f"{holder.get('command', '?')})")
+
+
 def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: bool = True) -> dict:
-    """Execute the selected stages and, with the last stage, the summary notebook and the report."""
+    """Execute the selected stages and, with the last stage, the summary notebook and the report.
+
+    The run holds its lock (`RunPaths.lock`) throughout: a second run of the same name is refused.
+    """
     parameters = load_parameters(preset, overrides)
-    paths = config.RunPaths(parameters.run_name).make()
+    paths = config.RunPaths(parameters.run_name)
+    with run_lock(paths):
+        return _run_locked(parameters, paths, preset, overrides, stages, timeout, report)
+
+
+def _run_locked(parameters, paths: config.RunPaths, preset, overrides, stages, timeout, report) -> dict:
+    paths.make()
     ensure_kernel()
     # Quieter TensorFlow in the kernels, which inherit this environment.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"run {parameters.run_name!r} (preset {preset}) -> {paths.results}", flush=True)
 
-    timings_path = paths.results / "stage_timings.json"
+    timings_path = paths.stage_timings
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     # The summary page and the report gather every stage: rebuilt whenever the last stage runs.
     summarise = STAGES[-1] in stages
@@ -124,7 +281,12 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
         notebooks.append((SUMMARY_NOTEBOOK, "bone-age"))
     for source, name in notebooks:
         print(f"== {name}", flush=True)
-        seconds = execute_notebook(source, paths.notebooks / f"{name}.ipynb", preset, overrides, timeout)
+        try:
+            seconds = execute_notebook(source, paths.notebook(name), preset, overrides, timeout)
+        except StageFailed as failure:
+            if name != TRAINING_STAGE or "trained with other settings" in str(failure):
+                raise
+            raise StageFailed(f"{failure}\n  {resume_hint(paths, parameters.epochs)}", failure.status) from None
         timings[name] = round(seconds, 1)
         write_json_atomic(timings_path, timings)
         print(f"== {name} done in {seconds:.0f} s", flush=True)
@@ -162,9 +324,15 @@ def main(argv=None) -> int:
         overrides = parse_overrides(arguments.parameter)
         stages = select_stages(arguments.stages)
         timings = run(arguments.preset, overrides, stages, arguments.timeout, report=not arguments.no_report)
-    except (ValueError, StageFailed) as error:
+    except StageFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.status
+    except (ValueError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # between stages (a stage reports its own interruption)
+        print("error: interrupted (Ctrl-C); rerun the same command to continue", file=sys.stderr)
+        return INTERRUPTED_STATUS
     print("stage wall times (s):", json.dumps(timings))
     return 0
 

@@ -42,7 +42,7 @@ from utils.model_card import CARD_FILE, ModelCard
 from utils.onnx_runtime import THREADS, OnnxBoneAgeModel
 from utils.preprocessing import ImageError, preprocess_image, read_grayscale
 
-MODEL_FILES = ("bone_age.keras", "bone_age.onnx")
+MODEL_FILES = (config.MODEL_FILE, config.ONNX_FILE)
 CHUNK_SIZE = 2048  # images decoded and predicted at a time: bounds memory on large folders
 DAYS_PER_MONTH = 365.25 / 12
 DICOM_AGE_UNITS = {"D": 1 / DAYS_PER_MONTH, "W": 7 / DAYS_PER_MONTH, "M": 1.0, "Y": 12.0}
@@ -51,6 +51,8 @@ ERROR_COLUMNS = ["id", "file", "line", "reason"]  # the columns of load_dataset'
 MAX_LISTED_ERRORS = 10
 GRADCAM_BATCH = 64
 PREDICTION_COLUMNS = ["boneage_pred", "boneage_low", "boneage_high", "quality_flag", "quality_score"]
+# The clinical reading in a CSV, where the chronological age is known (names as utils.clinical's).
+CLINICAL_COLUMNS = [AGE_COLUMN, "difference_months", "bone_age_sds", "bone_age_centile", "category"]
 
 
 class PredictionError(ValueError):
@@ -308,7 +310,7 @@ def prediction_columns(predictions: pd.DataFrame) -> pd.DataFrame:
             predictions.loc[known, "boneage_pred"], predictions.loc[known, "male"].to_numpy(dtype=bool),
             predictions.loc[known, AGE_COLUMN],
         ).set_index(predictions.index[known])
-        for column in (AGE_COLUMN, "difference_months", "z_score", "category"):
+        for column in CLINICAL_COLUMNS:
             result[column] = readout[column]
     return result
 

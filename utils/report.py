@@ -22,7 +22,7 @@ from reportlab.lib.utils import ImageReader
 from reportlab.platypus import (Image, KeepTogether, ListFlowable, ListItem, PageBreak, Paragraph,
                                 SimpleDocTemplate, Spacer, Table, TableStyle)
 
-from utils import figures
+from utils import config, figures
 from utils.files import atomic_path
 from utils.parameters import normalise_tta
 
@@ -441,7 +441,7 @@ def build_report(results_dir, output_pdf, *, title: str = DEFAULT_TITLE, compres
     """
     results_dir = Path(results_dir)
     output_pdf = Path(output_pdf)
-    metrics = read_metrics(results_dir / "performance_metrics.json")
+    metrics = read_metrics(results_dir / config.METRICS_FILE)
     styles = _styles()
     story = [
         *_title_section(metrics, title, styles),
@@ -473,7 +473,7 @@ def main(argv=None) -> Path | None:
     parser.add_argument("--markdown", action="store_true", help="print the results table in Markdown instead")
     arguments = parser.parse_args(argv)
     if arguments.markdown:
-        print(results_markdown(read_metrics(arguments.results_dir / "performance_metrics.json")), end="")
+        print(results_markdown(read_metrics(arguments.results_dir / config.METRICS_FILE)), end="")
         return None
     output = build_report(arguments.results_dir, arguments.out or arguments.results_dir / "Report.pdf",
                           title=arguments.title)
