@@ -39,7 +39,7 @@ import json
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from utils import config, figures
+from utils import config, evaluation, figures
 from utils.parameters import load_parameters
 
 parameters = load_parameters(preset, overrides)
@@ -72,6 +72,9 @@ display(pd.DataFrame({"version": run["library_versions"]}))
 # %%
 headline = ["mae", "rmse", "bias", "pearson_r", "within_6_pct", "within_12_pct", "within_24_pct"]
 table = pd.DataFrame({"ours": {key: metrics[key] for key in headline}})
+# 95% bootstrap confidence intervals over the test images (metrics schema version 2).
+table["ours 95% CI"] = {key: "" if not (metrics.get("ci") or {}).get(key) else
+                        f"{metrics['ci'][key]['low']:.2f} to {metrics['ci'][key]['high']:.2f}" for key in headline}
 if metrics["seed_baseline"]:
     table["seed baseline"] = {key: metrics["seed_baseline"][key] for key in headline}
 table.loc["mae", "predict the training mean"] = metrics["baseline_mae_mean_predictor"]
@@ -82,7 +85,7 @@ display(Markdown(
     f"mean width {interval['mean_width']:.1f} months. Training took {metrics['timing']['training_seconds'] / 60:.1f} min "
     f"on this machine; inference {metrics['timing']['inference_images_per_second']:.0f} images/s."
 ))
-display(pd.DataFrame(metrics["by_age_band"]).T.round(2))
+display(evaluation.group_frame(metrics["by_age_band"]))
 
 # %% [markdown]
 # ## Key figures

@@ -34,6 +34,7 @@ overrides = {}
 # %%
 import time
 
+import cv2
 import numpy as np
 import pandas as pd
 from IPython.display import display
@@ -49,7 +50,9 @@ print(f"{len(table):,} radiographs; image_size={parameters.image_size}, "
 
 # %% [markdown]
 # ## Before and after
-# Top: the file as stored. Bottom: what the model sees.
+# Top: the file as stored. Bottom: exactly what the model receives (this run's hand crop,
+# padding or stretching, resizing and contrast normalisation), each input pixel enlarged
+# without smoothing.
 
 # %%
 examples = table.sort_values("boneage").iloc[np.linspace(0, len(table) - 1, 6).astype(int)]
@@ -63,13 +66,16 @@ after = [
         parameters.image_size,
         pad_to_square=parameters.pad_to_square,
         contrast=parameters.contrast,
+        hand_crop=parameters.hand_crop,
     )
     for path in examples["path"]
 ]
-after = [preprocessing.preprocess_image(image, 128, pad_to_square=False, contrast="none") for image in after]
+# Enlarged by repeating pixels (nearest neighbour), so the display adds no detail the model lacks.
+after = [cv2.resize(image, (128, 128), interpolation=cv2.INTER_NEAREST) for image in after]
 titles = [f"{age / 12:.1f} y" for age in examples["boneage"]]
-figure = plots.image_grid(np.stack(before + after), titles + ["model input"] * len(titles), ncols=6,
-    title="As stored (top) and as the model sees them (bottom)",
+size = parameters.image_size
+figure = plots.image_grid(np.stack(before + after), titles + [f"input {size}x{size}"] * len(titles), ncols=6,
+    title="As stored (top) and as the model receives them (bottom)",
 )
 figures.publish(figure, paths.figures, "preprocessing_examples")
 

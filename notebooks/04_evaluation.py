@@ -74,7 +74,7 @@ for mode in TTA_MODES:
         "validation_mae": float(np.abs(predicted - validation[2]).mean()),
         "seconds": time.perf_counter() - started,
     }
-pd.DataFrame(tta_check).T.round(3)
+pd.DataFrame.from_dict(tta_check, orient="index").round(3)
 
 # %% [markdown]
 # ## Predictions, intervals and quality flags
@@ -142,21 +142,51 @@ metrics = evaluation.build_performance_metrics(
 )
 evaluation.write_performance_metrics(paths.metrics, metrics)
 headline = ["n", "mae", "rmse", "bias", "pearson_r", "r2", "within_6_pct", "within_12_pct", "within_24_pct"]
-comparison = pd.DataFrame({"ours": {key: metrics[key] for key in headline}})
+
+
+def shown(value):
+    """A number as the tables show it: counts as integers, the rest with two decimals."""
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
+
+
+def interval_text(entry, key):
+    interval = (entry.get("ci") or {}).get(key)
+    return f"{interval['low']:.2f} to {interval['high']:.2f}" if interval else ""
+
+
+comparison = pd.DataFrame({"ours": {key: shown(metrics[key]) for key in headline},
+                           "ours 95% CI": {key: interval_text(metrics, key) for key in headline}})
 if metrics["seed_baseline"]:
-    comparison["seed baseline"] = {key: metrics["seed_baseline"][key] for key in headline}
-comparison.loc["mae", "predict the training mean"] = metrics["baseline_mae_mean_predictor"]
-comparison.round(2)
+    comparison["seed baseline"] = {key: shown(metrics["seed_baseline"][key]) for key in headline}
+    comparison["seed baseline 95% CI"] = {key: interval_text(metrics["seed_baseline"], key) for key in headline}
+comparison["predict the training mean"] = ""
+comparison.loc["mae", "predict the training mean"] = shown(metrics["baseline_mae_mean_predictor"])
+comparison
 
 # %% [markdown]
-# Per age band and per sex. Bands with few test images give wide uncertainty on their MAE.
+# The 95% confidence intervals are percentile bootstrap intervals over the test images
+# (`evaluation.bootstrap_ci`). The seed baseline is compared on the same images, so the paired
+# interval of the difference is what says whether the two differ:
 
 # %%
-display(pd.DataFrame(metrics["by_age_band"]).T.round(2))
-display(pd.DataFrame(metrics["by_sex"]).T.round(2))
+if metrics["seed_baseline"]:
+    difference = metrics["seed_baseline"]["paired_mae_difference"]
+    print(f"seed baseline MAE - ours = {difference['difference']:+.2f} months "
+          f"(95% CI {difference['low']:+.2f} to {difference['high']:+.2f}, paired bootstrap over {difference['n']:,} images)")
+else:
+    print("no seed baseline in this run (train_seed_baseline: false)")
+
+# %% [markdown]
+# Per age band (of the true age) and per sex. Groups with fewer than 30 test images are marked:
+# their intervals are wide.
+
+# %%
+display(evaluation.group_frame(metrics["by_age_band"]))
+display(evaluation.group_frame(metrics["by_sex"]))
 interval = metrics["prediction_interval"]
-print(f"{interval['nominal_pct']:.0f}% intervals ({interval['method']}): coverage {interval['coverage_pct']:.1f}%, "
-      f"mean width {interval['mean_width']:.1f} months")
+print(f"{interval['nominal_pct']:.0f}% intervals ({interval['method']}): coverage {interval['coverage_pct']:.1f}% "
+      f"(95% CI {interval_text(interval, 'coverage_pct')}), mean width {interval['mean_width']:.1f} months")
+display(evaluation.group_frame({**interval["by_age_band"], **interval["by_sex"]}, keys=("n", "coverage_pct", "mean_width"), digits=1))
 
 # %% [markdown]
 # ## Figures
@@ -195,16 +225,15 @@ figure = plots.metrics_by_band(metrics["by_age_band"], metrics["seed_baseline"][
 figures.publish(figure, paths.figures, "metrics_by_band")
 
 # %% [markdown]
-# MAE per age band (test images per band annotated).
+# MAE per age band with 95% confidence intervals (test images per band annotated).
 
 # %%
-figure = plots.interval_coverage(
-    {band: values["coverage_pct"] for band, values in interval["by_age_band"].items()}, interval["nominal_pct"]
-)
+figure = plots.interval_coverage(interval["by_age_band"], interval["nominal_pct"])
 figures.publish(figure, paths.figures, "interval_coverage")
 
 # %% [markdown]
-# Empirical coverage of the prediction intervals per age band, against the nominal level.
+# Empirical coverage of the prediction intervals per age band with its 95% confidence interval,
+# against the nominal level.
 
 # %% [markdown]
 # ## Model card and ONNX export
@@ -212,7 +241,8 @@ figures.publish(figure, paths.figures, "interval_coverage")
 # `python -m utils.predict` needs (the network's inputs and output, the preprocessing, the
 # test-time augmentation, the interval calibration, the quality reference) and where the model
 # came from (parameters, command, commit, headline metrics); `bone_age.onnx` is the same network
-# for a fast start without TensorFlow.
+# for a fast start without TensorFlow. `MODEL_CARD.md` beside them is the card for people:
+# intended and out-of-scope use, data and licence, metrics with intervals, subgroups, failure modes.
 
 # %%
 onnx_runtime.export_onnx(paths.model, paths.onnx_model)
@@ -229,4 +259,6 @@ card = model_card.ModelCard.from_run(
     model=paths.model.name,
 )
 card.write(paths.model_card)
-print(f"model card (version {card.card_version}, tta {card.tta!r}): {paths.model_card}")
+card.write_markdown(paths.model_card_markdown, metrics)
+print(f"model card (version {card.card_version}, tta {card.tta!r}): {config.display_path(paths.model_card)}, "
+      f"{config.display_path(paths.model_card_markdown)}")

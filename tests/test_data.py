@@ -502,3 +502,69 @@ def test_read_split_names_ids_without_a_split(tmp_path):
     path = data.write_split(tmp_path / "split.csv", table.iloc[:4], data.split_dataset(table.iloc[:4], FRACTIONS, seed=0))
     with pytest.raises(data.DatasetError, match="1 id.* have no split: id4"):
         data.read_split(path, table)
+
+
+# --- separators, and images that only a full decode finds damaged ----------------------------
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_semicolon_tab_and_bar_separated_tables_are_read(tmp_path, separator):
+    folder = kaggle_folder(tmp_path / "kaggle", GOOD_LINES)
+    write_lines(folder / "boneage-training-dataset.csv",
+                [line.replace(",", separator) for line in ["id,boneage,male", *GOOD_LINES]])
+    table = data.load_dataset(folder)
+    assert table["id"].tolist() == ["1", "2", "3", "4"] and table["boneage"].tolist() == [10, 30, 100, 200]
+
+
+def test_a_table_of_another_separator_is_named_in_the_error(tmp_path):
+    folder = kaggle_folder(tmp_path / "kaggle", GOOD_LINES)
+    write_lines(folder / "boneage-training-dataset.csv", [line.replace(",", ":") for line in ["id,boneage,male", *GOOD_LINES]])
+    message = str(load_error(folder))
+    assert "required column missing" in message and "the file has: id:boneage:male" in message
+    assert "read as separated by commas" in message and "one column only" in message and "semicolons" in message
+
+
+def corrupt_png(path: Path) -> Path:
+    """A PNG whose signature, header and end marker are intact around garbage: only decoding finds it."""
+    write_image(path)
+    good = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))[1].tobytes()
+    path.write_bytes(good[:60] + b"\x00" * 300 + good[-20:])
+    return path
+
+
+def test_undecodable_images_are_reported_with_the_bad_rows_at_once(tmp_path):
+    folder = kaggle_folder(tmp_path / "kaggle", [*GOOD_LINES, "5,50,x"])
+    failures = {str(folder / "boneage-training-dataset" / "2.png"): "2.png: cannot be decoded"}
+    error = load_error(folder, check_images=lambda rows: failures)
+    lines = str(error).splitlines()
+    assert "2 problem(s)" in lines[0] and "-p drop_invalid true" in lines[0]
+    assert any("line 3 (id 2): image unreadable: 2.png: cannot be decoded" in line for line in lines)
+    assert any("line 6 (id 5): unknown sex" in line for line in lines)
+
+
+def test_drop_invalid_drops_undecodable_images_of_a_run_and_lists_them(tmp_path, monkeypatch):
+    from utils import preprocessing, study
+    from utils.parameters import load_parameters
+
+    folder = kaggle_folder(tmp_path / "kaggle", [*GOOD_LINES, "5,50,True", "6,60,False"])
+    for image_id in ("3", "5"):
+        corrupt_png(folder / "boneage-training-dataset" / f"{image_id}.png")
+    monkeypatch.setitem(preprocessing.load_images.__kwdefaults__, "cache_dir", tmp_path / "cache")
+    strict = load_parameters("ci", {"dataset": str(folder), "image_size": 16, "run_name": "undecodable_strict"})
+    with pytest.raises(data.DatasetError) as caught:
+        study.load_table(strict, config.RunPaths(strict.run_name))
+    assert str(caught.value).startswith("2 problem(s)") and "3.png: cannot be decoded" in str(caught.value)
+    assert "5.png: cannot be decoded" in str(caught.value)
+    dropping = load_parameters("ci", {"dataset": str(folder), "image_size": 16, "drop_invalid": True,
+                                      "run_name": "undecodable_dropped"})
+    paths = config.RunPaths(dropping.run_name)
+    with pytest.warns(UserWarning, match="2 bad row"):
+        table = study.load_table(dropping, paths)
+    assert table["id"].tolist() == ["1", "2", "4", "6"]
+    dropped = pd.read_csv(paths.dropped_rows, dtype=str)
+    assert dropped["id"].tolist() == ["3", "5"] and dropped["reason"].str.contains("cannot be decoded").all()
+    # The images of the rows kept were cached by that check: the stages read them without decoding.
+    monkeypatch.setattr(preprocessing, "preprocess_paths", lambda *arguments, **options: pytest.fail("decoded again"))
+    assert study.load_images(table, dropping, progress=False).shape == (4, 16, 16)
+    with pytest.warns(UserWarning, match="2 bad row"):
+        assert study.load_table(dropping, paths)["id"].tolist() == ["1", "2", "4", "6"]

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -67,9 +68,10 @@ def test_metrics_by_group_values_and_age_order():
     groups = evaluation.age_band(y_true)  # 15-19 y, 0-2 y, 0-2 y, 5-10 y: not in age order
     result = evaluation.metrics_by_group(y_true, y_pred, groups)
     assert list(result) == ["0-2 y", "5-10 y", "15-19 y"]
-    assert result["0-2 y"] == {"n": 2, "mae": 1.5, "bias": 1.5, "within_12_pct": 100.0}
-    assert result["5-10 y"] == {"n": 1, "mae": 30.0, "bias": 30.0, "within_12_pct": 0.0}
-    assert result["15-19 y"] == {"n": 1, "mae": 10.0, "bias": -10.0, "within_12_pct": 100.0}
+    assert result["0-2 y"] == {"n": 2, "mae": 1.5, "rmse": pytest.approx(math.sqrt(4.5)), "bias": 1.5,
+                               "within_12_pct": 100.0}
+    assert result["5-10 y"] == {"n": 1, "mae": 30.0, "rmse": 30.0, "bias": 30.0, "within_12_pct": 0.0}
+    assert result["15-19 y"] == {"n": 1, "mae": 10.0, "rmse": 10.0, "bias": -10.0, "within_12_pct": 100.0}
 
 
 def test_metrics_by_sex_lists_female_first():
@@ -110,6 +112,74 @@ def test_paired_mae_difference_finds_a_real_gap_and_brackets_it():
 def test_paired_mae_difference_refuses_misaligned_predictions():
     with pytest.raises(ValueError, match="y_true has 3 values but y_pred has 2"):
         evaluation.paired_mae_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+# --- confidence intervals ----------------------------------------------------------------------
+
+
+def _noisy(n, seed=3):
+    rng = np.random.default_rng(seed)
+    y_true = rng.uniform(0, 228, n)
+    return y_true, y_true + rng.normal(1.0, 10.0, n)
+
+
+def test_each_interval_holds_its_point_estimate():
+    y_true, y_pred = _noisy(400)
+    point = evaluation.regression_metrics(y_true, y_pred)
+    intervals = evaluation.accuracy_ci(y_true, y_pred)
+    assert set(intervals) == set(evaluation.CI_KEYS)
+    for key, interval in intervals.items():
+        assert interval["low"] < point[key] < interval["high"], key
+    low, high = y_pred - 15, y_pred + 15
+    coverage = evaluation.interval_metrics(y_true, low, high)["coverage_pct"]
+    interval = evaluation.coverage_ci(y_true, low, high)
+    assert interval["low"] < coverage < interval["high"]
+    slope = evaluation.regression_to_mean(y_true, y_pred)["slope"]
+    interval = evaluation.slope_ci(y_true, y_pred)
+    assert interval["low"] < slope < interval["high"]
+
+
+def test_intervals_narrow_as_the_test_split_grows():
+    widths = []
+    for n in (50, 200, 800):
+        interval = evaluation.accuracy_ci(*_noisy(n))["mae"]
+        widths.append(interval["high"] - interval["low"])
+    assert widths[0] > widths[1] > widths[2]
+    # The width of a mean's interval shrinks like 1/sqrt(n): four times the images, half the width.
+    assert widths[1] / widths[2] == pytest.approx(2.0, rel=0.3)
+
+
+def test_intervals_are_reproducible_and_undefined_for_one_image():
+    y_true, y_pred = _noisy(100)
+    assert evaluation.accuracy_ci(y_true, y_pred) == evaluation.accuracy_ci(y_true, y_pred)
+    assert evaluation.accuracy_ci([10.0], [12.0]) == {key: None for key in evaluation.CI_KEYS}
+    # All covered: the degenerate interval [100, 100], without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluation.coverage_ci([1.0, 2.0, 3.0], [0, 0, 0], [9, 9, 9]) == {"low": 100.0, "high": 100.0}
+
+
+def test_paired_mae_difference_is_scipys_paired_percentile_bootstrap():
+    from scipy import stats
+
+    y_true, pred_a = _noisy(300, seed=5)
+    pred_b = pred_a + np.random.default_rng(6).normal(2.0, 5.0, 300)
+    ours = evaluation.paired_mae_difference(y_true, pred_a, pred_b, resamples=1000, seed=4)
+    scipy_result = stats.bootstrap(
+        (np.abs(pred_a - y_true), np.abs(pred_b - y_true)), lambda a, b, axis: b.mean(axis) - a.mean(axis),
+        paired=True, vectorized=True, n_resamples=1000, method="percentile", rng=np.random.default_rng(4))
+    assert (ours["low"], ours["high"]) == pytest.approx(tuple(scipy_result.confidence_interval), abs=1e-9)
+
+
+def test_groups_with_few_images_are_marked():
+    y_true = np.array([5.0, 10.0, 100.0] + [150.0] * 40)
+    result = evaluation.metrics_by_group(y_true, y_true + 3, evaluation.age_band(y_true), ci=True)
+    assert result["0-2 y"]["few_images"] and result["0-2 y"]["n"] == 2
+    assert not result["10-15 y"]["few_images"]
+    assert result["5-10 y"]["ci"]["mae"] is None  # one image: no interval
+    frame = evaluation.group_frame(result)
+    assert frame["n"].dtype.kind == "i" and list(frame.index) == ["0-2 y", "5-10 y", "10-15 y"]
+    assert frame.loc["0-2 y", "few images"] == "yes"
 
 
 def test_interval_metrics_hand_computed():
@@ -190,12 +260,12 @@ def _example_metrics(baseline_pred=None):
 def test_build_performance_metrics_schema():
     metrics = _example_metrics()
     expected = {
-        "schema_version", "run", "dataset", "model", *evaluation.FLAT_METRIC_KEYS,
+        "schema_version", "run", "dataset", "model", *evaluation.FLAT_METRIC_KEYS, "ci", "confidence_intervals",
         "baseline_mae_mean_predictor", "by_age_band", "by_sex", "prediction_interval",
         "regression_to_mean", "seed_baseline", "timing",
     }
     assert set(metrics) == expected
-    assert metrics["schema_version"] == 1
+    assert metrics["schema_version"] == evaluation.SCHEMA_VERSION == 2
     assert set(metrics["run"]) == {"name", "preset", "parameters", "git_commit", "created_utc", "library_versions"}
     assert metrics["run"]["name"] == "unit" and metrics["run"]["preset"] == "ci"
     assert set(metrics["run"]["library_versions"]) == {
@@ -210,9 +280,18 @@ def test_build_performance_metrics_schema():
     assert set(metrics["model"]) == {"architecture", "parameters_count", "image_size", "path"}
     assert list(metrics["by_age_band"]) == [label for _, _, label in evaluation.AGE_BANDS]
     assert list(metrics["by_sex"]) == ["female", "male"]
-    assert set(metrics["prediction_interval"]) == {"method", "nominal_pct", "coverage_pct", "mean_width", "by_age_band"}
+    assert set(metrics["prediction_interval"]) == {"method", "nominal_pct", "coverage_pct", "mean_width", "ci",
+                                                   "by_age_band", "by_sex"}
     assert metrics["prediction_interval"]["nominal_pct"] == pytest.approx(90.0)
-    assert set(metrics["regression_to_mean"]) == {"slope", "intercept"}
+    assert set(metrics["regression_to_mean"]) == {"slope", "intercept", "ci"}
+    assert set(metrics["ci"]) == set(evaluation.CI_KEYS)
+    for group in [*metrics["by_age_band"].values(), *metrics["by_sex"].values()]:
+        assert set(group) == {*evaluation.GROUP_METRIC_KEYS, "few_images", "ci"}
+        assert group["few_images"] == (group["n"] < evaluation.MIN_GROUP_IMAGES)
+    for group in [*metrics["prediction_interval"]["by_age_band"].values(),
+                  *metrics["prediction_interval"]["by_sex"].values()]:
+        assert set(group) == {"n", "coverage_pct", "mean_width", "ci"}
+    assert metrics["confidence_intervals"]["confidence_pct"] == 95.0
     assert metrics["seed_baseline"] is None
     assert set(metrics["timing"]) == set(evaluation.TIMING_KEYS)
     assert metrics["n"] == 60 and metrics["mae"] < metrics["baseline_mae_mean_predictor"]
@@ -221,8 +300,11 @@ def test_build_performance_metrics_schema():
 def test_build_performance_metrics_with_seed_baseline():
     metrics = _example_metrics(baseline_pred=lambda y_true: y_true + 10)
     seed = metrics["seed_baseline"]
-    assert set(seed) == set(evaluation.FLAT_METRIC_KEYS) | {"by_age_band"}
+    assert set(seed) == set(evaluation.FLAT_METRIC_KEYS) | {"ci", "by_age_band", "by_sex", "paired_mae_difference"}
     assert seed["mae"] == pytest.approx(10.0) and seed["bias"] == pytest.approx(10.0)
+    difference = seed["paired_mae_difference"]
+    assert difference["mae_a"] == pytest.approx(metrics["mae"]) and difference["mae_b"] == pytest.approx(10.0)
+    assert difference["low"] <= difference["difference"] <= difference["high"]
 
 
 def test_build_performance_metrics_names_missing_keys():
@@ -260,11 +342,107 @@ def test_write_performance_metrics_round_trips_and_is_atomic(tmp_path):
 
 
 def test_write_performance_metrics_refuses_other_schema(tmp_path):
-    with pytest.raises(ValueError, match="schema_version 1"):
-        evaluation.write_performance_metrics(tmp_path / "m.json", {"schema_version": 2})
+    with pytest.raises(ValueError, match="schema_version 2"):
+        evaluation.write_performance_metrics(tmp_path / "m.json", {"schema_version": 1})
 
 
 def test_modules_import_without_tensorflow():
     code = "import sys, utils.evaluation, utils.clinical; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert output.stdout.strip() == "False"
+
+
+# --- error analysis findings (stage 05) and the external check ---------------------------------
+
+
+def _predictions(n=200, seed=8):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    truth = rng.uniform(0, 228, n)
+    predicted = truth + rng.normal(0, 6, n)
+    predicted[:10] = truth[:10] + 60  # ten large over-estimates, all flagged
+    flags = np.where(np.arange(n) < 10, "unusual", "ok")
+    return pd.DataFrame({"id": [str(1000 + i) for i in range(n)], "boneage": truth, "male": rng.random(n) < 0.5,
+                         "boneage_pred": predicted, "boneage_low": predicted - 15, "boneage_high": predicted + 15,
+                         "quality_flag": flags, "quality_score": rng.uniform(0, 2, n)})
+
+
+def test_error_analysis_findings_hold_what_stage_05_found():
+    predictions = _predictions()
+    findings = evaluation.error_analysis_findings(predictions, worst_ids=["1000", "1001"], gallery_ids=["1050"],
+                                                  gradcam={"cases": 15, "blank_signed": 0})
+    assert findings["findings_version"] == evaluation.FINDINGS_VERSION and findings["n"] == 200
+    assert list(findings["sex_by_band"]) == [label for _, _, label in evaluation.AGE_BANDS]  # age order
+    assert set(findings["sex_by_band"]["5-10 y"]) == {"female", "male"}
+    assert sum(entry["n"] for band in findings["sex_by_band"].values() for entry in band.values()) == 200
+    quality = findings["quality_flags"]
+    assert quality["flagged"]["n"] == 10 and quality["flagged"]["mae"] == pytest.approx(60.0)
+    assert quality["unflagged"]["ci"]["mae"]["low"] < quality["unflagged"]["mae"] < quality["unflagged"]["ci"]["mae"]["high"]
+    assert list(quality["by_flag"]) == ["ok", "unusual"]
+    assert [row["id"] for row in findings["worst_shown"]] == ["1000", "1001"]
+    assert findings["gallery"][0]["id"] == "1050" and isinstance(findings["gallery"][0]["male"], bool)
+    assert findings["gradcam"] == {"cases": 15, "blank_signed": 0}
+    json.dumps(findings)  # JSON-ready
+    with pytest.raises(ValueError, match="not among the predictions"):
+        evaluation.error_analysis_findings(predictions, worst_ids=["nope"])
+
+
+def test_worst_case_profile_says_what_the_largest_errors_share():
+    profile = evaluation.worst_case_profile(_predictions(), share=0.05, minimum=10)
+    assert profile["n"] == 10 and profile["over_estimated_pct"] == 100.0 and profile["flagged_pct"] == 100.0
+    assert profile["threshold_months"] == pytest.approx(60.0)
+    notes = " ".join(profile["notes"])
+    assert "100% of the 10 largest errors" in notes and "over-estimates" in notes and "quality flag" in notes
+
+
+def test_foreground_fraction_measures_the_hand_in_the_frame():
+    images = np.zeros((2, 40, 40), np.uint8)
+    images[0, :20, :] = 200  # half the frame
+    images[1, :10, :10] = 200  # a sixteenth
+    np.testing.assert_allclose(evaluation.foreground_fraction(images), [0.5, 1 / 16])
+
+
+def test_external_check_reports_mae_ci_and_coverage_on_few_images():
+    truth = np.array([20.0, 60.0, 100.0, 150.0, 200.0])
+    predicted = truth + np.array([5.0, -5.0, 10.0, -30.0, 0.0])
+    check = evaluation.external_check(truth, predicted, predicted - 12, predicted + 12, ids=[1, 2, 3, 4, 5],
+                                      male=[True, False, True, False, True], labels="six readers")
+    assert check["available"] and check["n"] == 5 and check["mae"] == pytest.approx(10.0)
+    assert check["coverage_pct"] == pytest.approx(80.0)  # the -30 error falls outside its interval
+    assert check["ci"]["mae"]["low"] <= 10.0 <= check["ci"]["mae"]["high"]
+    assert [row["id"] for row in check["rows"]] == ["1", "2", "3", "4", "5"]
+    assert evaluation.external_check_skipped("absent", "x") == {"available": False, "reason": "absent", "folder": "x"}
+
+
+def test_the_external_check_is_skipped_with_a_reason_or_run_on_the_six_reader_layout(tmp_path):
+    import cv2
+    import pandas as pd
+
+    from utils import study
+    from utils.conformal import ConformalInterval
+    from utils.parameters import load_parameters
+    from utils.quality import QualityReference
+
+    rng = np.random.default_rng(0)
+    interval = ConformalInterval(method="absolute", coverage=0.9, pooled_half_width=20.0)
+    reference = QualityReference.fit(rng.integers(0, 256, (30, 48, 48), dtype=np.uint8))
+    predict = lambda images, male: np.full(len(images), 100.0)  # noqa: E731
+    synthetic = study.external_check(load_parameters("ci"), predict, interval, reference, folder=tmp_path)
+    assert not synthetic["available"] and "synthetic" in synthetic["reason"]
+    own_data = tmp_path / "training_data"
+    own_data.mkdir()
+    parameters = load_parameters("ci", {"dataset": str(own_data)})
+    absent = study.external_check(parameters, predict, interval, reference, folder=tmp_path / "absent")
+    assert not absent["available"] and "is not here" in absent["reason"]
+    # The Kaggle layout of the six-reader sample: a test table beside its folder of images.
+    sample = tmp_path / "sample"
+    (sample / "boneage-test-dataset").mkdir(parents=True)
+    for identifier in (4360, 4375, 4405):
+        cv2.imwrite(str(sample / "boneage-test-dataset" / f"{identifier}.png"),
+                    rng.integers(0, 256, (80, 64), dtype=np.uint8))
+    pd.DataFrame({"id": [4360, 4375, 4405], "boneage": [90.5, 110.0, 130.0], "male": [True, False, True]}).to_csv(
+        sample / "boneage-test-dataset.csv", index=False)
+    check = study.external_check(parameters, predict, interval, reference, folder=sample, known_ids=["4405"])
+    assert check["available"] and check["n"] == 2 and check["left_out_seen_ids"] == 1
+    assert check["mae"] == pytest.approx((9.5 + 10.0) / 2) and check["coverage_pct"] == 100.0

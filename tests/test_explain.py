@@ -189,3 +189,60 @@ def test_gradcam_figure_shows_each_radiograph_beside_its_overlay(noisy_images):
             explain.gradcam_figure(noisy_images, heatmaps, titles[:2])
     finally:
         plt.close(figure)
+
+
+# --- maps that show where the model looks, whichever way it pushes the age ---------------------
+
+
+def test_a_map_of_a_prediction_the_region_lowers_is_not_blank_when_signed():
+    # The classic map of this prediction is empty (test above); the signed one is not.
+    image = two_squares()[np.newaxis]
+    signed = explain.grad_cam(bright_square_model(sign=-1.0), image, np.array([0]), mode="signed")[0]
+    assert signed.min() == pytest.approx(-1.0, abs=0.05) and signed.max() <= 0.0 + 1e-6
+    assert quadrant_mass(np.abs(signed))["top_right"] > 0.9
+    absolute = explain.grad_cam(bright_square_model(sign=-1.0), image, np.array([0]), mode="absolute")[0]
+    np.testing.assert_allclose(absolute, np.abs(signed), atol=1e-6)
+    # Where the region raises the age, the signed map is the classic one.
+    raising = explain.grad_cam(bright_square_model(), image, np.array([1]), mode="signed")[0]
+    classic = explain.grad_cam(bright_square_model(), image, np.array([1]))[0]
+    np.testing.assert_allclose(np.maximum(raising, 0), classic, atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        explain.grad_cam(bright_square_model(), image, np.array([1]), mode="both")
+
+
+def test_signed_maps_of_the_projects_model_on_hand_radiographs_are_not_blank():
+    from utils import synthetic
+    from utils.preprocessing import preprocess_image
+
+    keras.utils.set_random_seed(7)
+    rng = np.random.default_rng(7)
+    ages = [8, 30, 90, 150, 200]  # one hand per age band, the young ones included
+    images = np.stack([preprocess_image(synthetic.render_hand(age, age % 2 == 0, rng, image_size=96), SIZE)
+                       for age in ages])
+    model = build_model(SIZE, target_mean=120.0, target_std=40.0, **load_parameters("ci").network_options())
+    heatmaps = explain.grad_cam(model, images, np.array([0, 1, 0, 1, 0]), mode="signed")
+    assert heatmaps.shape == (5, SIZE, SIZE) and np.all(np.isfinite(heatmaps))
+    peaks = np.abs(heatmaps).max(axis=(1, 2))
+    np.testing.assert_allclose(peaks, 1.0, atol=1e-5)  # every map has something to show
+    assert np.all(np.mean(np.abs(heatmaps) > 0.1, axis=(1, 2)) > 0.02)
+
+
+def test_signed_overlay_is_red_where_the_age_rises_and_blue_where_it_falls():
+    image = np.full((SIZE, SIZE), 100, np.uint8)
+    heatmap = np.zeros((SIZE, SIZE), np.float32)
+    heatmap[:HALF] = 1.0
+    heatmap[HALF:, :HALF] = -1.0
+    blended = explain.overlay_signed(image, heatmap).astype(int)
+    raised, lowered, neutral = blended[0, 0], blended[-1, 0], blended[-1, -1]
+    assert raised[0] > raised[2] and lowered[2] > lowered[0]
+    np.testing.assert_array_equal(neutral, [100, 100, 100])  # zero: the radiograph unchanged
+
+
+def test_signed_gradcam_figure_has_a_legend_for_both_directions(noisy_images):
+    heatmaps = np.random.default_rng(5).uniform(-1, 1, noisy_images.shape).astype(np.float32)
+    figure = explain.gradcam_figure(noisy_images, heatmaps, [f"band {i}\ntrue 1 · pred 2" for i in range(5)], ncols=3)
+    try:
+        labels = [text.get_text() for text in figure.legends[0].get_texts()]
+        assert labels == ["raises the predicted age", "lowers the predicted age"]
+    finally:
+        plt.close(figure)

@@ -196,3 +196,50 @@ def test_run_command_quotes_what_the_shell_would_split():
     assert model_card.run_command("ci", {"dataset": "../a b", "tta": "flip"}) == (
         "python -m utils.pipeline --preset ci -p dataset '../a b' -p tta flip"
     )
+
+
+def _run_metrics(with_baseline: bool) -> dict:
+    from utils import evaluation
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0, 228, 300)
+    predicted = truth + rng.normal(0, 9, 300) - 0.08 * (truth - 114)  # shrunk towards the mean
+    intervals = fit_conformal(truth, predicted, coverage=0.9)
+    return evaluation.build_performance_metrics(
+        parameters={"run_name": "unit", "preset": "unit"}, dataset_name="rsna-bone-age-100",
+        dataset_source="../shared/data/rsna-bone-age-100",
+        split_counts={"train": 70, "validation": 10, "calibration": 5, "test": 300},
+        model_info={"architecture": "ours", "parameters_count": 123456, "image_size": SIZE, "path": "m"},
+        y_true=truth, y_pred=predicted, male=rng.random(300) < 0.5, train_ages=rng.uniform(0, 228, 70),
+        interval=intervals.interval(predicted), interval_method=intervals.method, interval_nominal=0.9,
+        timing={key: None for key in evaluation.TIMING_KEYS},
+        baseline_pred=truth + rng.normal(3, 15, 300) if with_baseline else None,
+    )
+
+
+@pytest.mark.parametrize("with_baseline", [True, False])
+def test_the_markdown_card_tells_people_what_the_model_is_for_and_how_good_it_is(parts, tmp_path, with_baseline):
+    metrics = _run_metrics(with_baseline)
+    card = a_card(parts, parameters={"preset": "unit", "run_name": "unit", "dataset": "../shared/data/rsna-bone-age-100",
+                                     "architecture": "ours"})
+    path = card.write_markdown(tmp_path / "MODEL_CARD.md", metrics)
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["MODEL_CARD.md"]
+    text = path.read_text(encoding="utf-8")
+    sections = ["## Intended use", "## Out-of-scope use", "## Data and licence", "## Preprocessing", "## Metrics",
+                "## Subgroups", "## Known failure modes", "## Reproduce"]
+    positions = [text.index(section) for section in sections]
+    assert positions == sorted(positions)
+    assert "Not a medical device" in text
+    assert "non-commercial research and education" in text and "Halabi" in text and "Radiology 2019" in text
+    mae = metrics["ci"]["mae"]
+    assert f"{metrics['mae']:.2f} ({mae['low']:.2f} to {mae['high']:.2f})" in text
+    for group in ["female", "male", "0-2 y", "15-19 y"]:
+        assert f"| {group}" in text
+    assert "Regression towards the mean" in text
+    assert card.command in text and card.git_commit in text
+    assert ("Seed baseline MAE minus ours" in text) == with_baseline
+
+
+def test_the_markdown_card_without_metrics_says_it_has_no_intervals(parts):
+    text = a_card(parts).to_markdown()
+    assert "no intervals" in text and "## Subgroups" not in text and "9.50" in text

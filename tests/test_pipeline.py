@@ -2,12 +2,16 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import nbformat
 import pytest
 
 from utils import config, figures, pipeline
+from utils.parameters import load_parameters
 
 
 def test_overrides_are_read_as_yaml():
@@ -99,7 +103,12 @@ def test_each_stage_shows_every_figure_it_saves(ci_run, stage):
 @pytest.mark.slow
 def test_metrics_follow_the_schema(ci_run):
     metrics = json.loads(ci_run.metrics.read_text())
-    assert metrics["schema_version"] == 1
+    assert metrics["schema_version"] == 2
+    for key in ["mae", "rmse", "within_12_pct"]:
+        assert metrics["ci"][key]["low"] <= metrics[key] <= metrics["ci"][key]["high"], key
+    interval = metrics["prediction_interval"]
+    assert interval["ci"]["coverage_pct"]["low"] <= interval["coverage_pct"] <= interval["ci"]["coverage_pct"]["high"]
+    assert all("ci" in entry for entry in [*metrics["by_age_band"].values(), *metrics["by_sex"].values()])
     for key in ["mae", "rmse", "mse", "pearson_r", "r2", "bias", "within_6_pct", "within_12_pct",
                 "within_18_pct", "within_24_pct", "baseline_mae_mean_predictor", "by_age_band", "by_sex",
                 "prediction_interval", "timing", "run", "dataset"]:
@@ -112,6 +121,26 @@ def test_metrics_follow_the_schema(ci_run):
 
 
 @pytest.mark.slow
+def test_the_run_writes_its_findings_card_and_a_quiet_record(ci_run):
+    findings = json.loads(ci_run.findings.read_text())
+    assert findings["gradcam"]["blank_signed"] == 0 and len(findings["gallery"]) == 12
+    external = json.loads(ci_run.external_check.read_text())
+    assert external["available"] is False and "synthetic" in external["reason"]  # the ci model learnt synthetic hands
+    card = ci_run.model_card_markdown.read_text()
+    assert "## Intended use" in card and "## Known failure modes" in card
+    import nbformat
+
+    for stage in [*pipeline.STAGES, "bone-age"]:
+        notebook = nbformat.read(ci_run.notebook(stage), as_version=4)
+        outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+        streams = "".join(output.get("text", "") for output in outputs if output.get("output_type") == "stream")
+        for noise in ["oneDNN", "absl::InitializeLog", "Warning:", "Epoch 1/"]:
+            assert noise not in streams, (stage, noise)
+        results = [output["data"].get("text/plain", "") for output in outputs if output.get("output_type") == "execute_result"]
+        assert not any(text.startswith("PosixPath(") for text in results), stage
+
+
+@pytest.mark.slow
 def test_failing_cell_names_notebook_and_cell_and_keeps_partial_notebook(tmp_path):
     run_name = "ci_failure_test"
     # A dataset folder that does not exist makes the first code cell after the parameters fail.
@@ -120,8 +149,11 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_partial_notebook(tmp_pat
     completed = subprocess.run(command, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 1
     assert "01_eda.ipynb failed in cell" in completed.stderr and "does not exist" in completed.stderr
-    partial = config.RunPaths(run_name).notebook("01_eda")
+    # The attempt is kept under its own name; the stage's record is only written by a success.
+    partial = config.RunPaths(run_name).failed_notebook("01_eda")
     assert partial.exists() and "does not exist" in partial.read_text()
+    assert partial.with_suffix(".html").exists() and not config.RunPaths(run_name).notebook("01_eda").exists()
+    assert str(partial) in completed.stderr and "Traceback" not in completed.stderr
 
 
 @pytest.mark.slow
@@ -153,3 +185,149 @@ def test_model_card_command_reproduces_the_overrides():
     assert words[:5] == ["python", "-m", "utils.pipeline", "--preset", "rsna100"]
     pairs = [(words[index + 1], words[index + 2]) for index in range(5, len(words), 3)]
     assert pipeline.parse_overrides(pairs) == overrides
+
+
+# ---- failures of a stage, one run per name (tiny notebooks: a kernel start each, no study) ----------
+
+def tiny_notebook(path, code: str):
+    """A stage-like notebook: the parameters cell papermill fills, a first cell, then `code`."""
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("preset = 'ci'\noverrides = {}")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("import os, time"), nbformat.v4.new_code_cell(code)]
+    notebook.metadata["kernelspec"] = {"name": pipeline.KERNEL_NAME, "display_name": "Python (bone-age)", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+    return path
+
+
+# The runner with its stage notebooks taken from a folder of tiny ones (argv[1]).
+RUNNER = "import sys, pathlib; from utils import pipeline; pipeline.NOTEBOOKS_DIR = pathlib.Path(sys.argv[1]); " \
+         "sys.exit(pipeline.main(sys.argv[2:]))"
+
+
+def start_runner(notebooks, run_name, *arguments):
+    command = [sys.executable, "-c", RUNNER, str(notebooks), "--preset", "ci", "-p", "run_name", run_name,
+               "--no-report", *arguments]
+    return subprocess.Popen(command, cwd=config.PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_kernel_ends_the_run_with_one_message_and_status_1(tmp_path):
+    pipeline.ensure_kernel()
+    tiny_notebook(tmp_path / "02_preprocessing.ipynb", "os.kill(os.getpid(), 9)  # as the out-of-memory killer does")
+    run_name = "kernel_kill_test"
+    runner = start_runner(tmp_path, run_name, "--stages", "02")
+    _, stderr = runner.communicate(timeout=120)
+    failed = config.RunPaths(run_name).failed_notebook("02_preprocessing")
+    assert runner.returncode == 1, stderr
+    assert "02_preprocessing.ipynb failed in cell 3" in stderr and "os.kill(os.getpid(), 9)" in stderr
+    assert pipeline.DEAD_KERNEL in stderr and str(failed) in stderr
+    assert "Traceback" not in stderr and "DeadKernelError" not in stderr
+    assert failed.exists() and failed.with_suffix(".html").exists()
+    assert not config.RunPaths(run_name).notebook("02_preprocessing").exists()
+    assert not config.RunPaths(run_name).lock.exists()
+
+
+def test_a_cell_past_the_timeout_is_stopped_and_named(tmp_path):
+    pipeline.ensure_kernel()
+    source = tiny_notebook(tmp_path / "sleepy.ipynb", "time.sleep(120)")
+    output = tmp_path / "out" / "sleepy.ipynb"
+    started = time.monotonic()
+    with pytest.raises(pipeline.StageFailed) as failure:
+        pipeline.execute_notebook(source, output, "ci", {}, timeout=2)
+    assert time.monotonic() - started < 60
+    message = str(failure.value)
+    assert "sleepy.ipynb failed in cell 3 (execution count" in message and "time.sleep(120)" in message
+    assert "the cell ran longer than --timeout 2 s" in message and failure.value.status == 1
+    assert config.notebook_attempt(output, "failed").exists() and not output.exists()
+
+
+def test_a_failed_rerun_keeps_the_finished_record_and_a_success_replaces_it(tmp_path):
+    pipeline.ensure_kernel()
+    output = tmp_path / "out" / "03_training.ipynb"
+    failed = config.notebook_attempt(output, "failed")
+    pipeline.execute_notebook(tiny_notebook(tmp_path / "good.ipynb", "print('trained')"), output, "ci", {}, 60)
+    record, html = output.read_bytes(), output.with_suffix(".html").read_bytes()
+    with pytest.raises(pipeline.StageFailed, match="ValueError: batch_size differs") as failure:
+        pipeline.execute_notebook(tiny_notebook(tmp_path / "bad.ipynb", "raise ValueError('batch_size differs')"),
+                                  output, "ci", {}, 60)
+    assert output.read_bytes() == record and output.with_suffix(".html").read_bytes() == html
+    assert failed.exists() and failed.with_suffix(".html").exists() and "batch_size differs" in failed.read_text()
+    assert f"partly executed notebook: {failed}" in str(failure.value) and "03_training.ipynb is kept" in str(failure.value)
+    pipeline.execute_notebook(tmp_path / "good.ipynb", output, "ci", {}, 60)
+    assert not failed.exists() and not failed.with_suffix(".html").exists()
+    assert not config.notebook_attempt(output, "running").exists()
+
+
+def test_ctrl_c_ends_the_run_with_status_130_and_says_from_which_epoch_it_resumes(tmp_path):
+    pipeline.ensure_kernel()
+    run_name = "ctrl_c_test"
+    paths = config.RunPaths(run_name)
+    # Three completed epochs in the checkpoints, as a training interrupted in epoch 4 leaves them.
+    (paths.checkpoints / "ours").mkdir(parents=True)
+    (paths.checkpoints / "ours" / "state.json").write_text(json.dumps({"history": {"epoch": [1, 2, 3]}}))
+    tiny_notebook(tmp_path / "03_training.ipynb", "time.sleep(120)")
+    runner = start_runner(tmp_path, run_name, "--stages", "03")
+    running = config.notebook_attempt(paths.notebook("03_training"), "running")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and "time.sleep" not in _running_cell_source(running):
+        time.sleep(0.5)
+    runner.send_signal(signal.SIGINT)
+    _, stderr = runner.communicate(timeout=60)
+    assert runner.returncode == 130, stderr
+    assert "03_training.ipynb failed in cell 3" in stderr and "interrupted (Ctrl-C)" in stderr
+    epochs = load_parameters("ci", {}).epochs
+    assert f"rerun the same command to resume from epoch 4 (3 of {epochs} epochs done" in stderr
+    assert str(paths.failed_notebook("03_training")) in stderr and "Traceback" not in stderr
+    assert not paths.lock.exists()
+
+
+def _running_cell_source(notebook_path) -> str:
+    """The code of the cell papermill is running in a notebook it is writing, or ""."""
+    try:
+        cells = nbformat.read(notebook_path, as_version=4).cells
+    except Exception:
+        return ""
+    running = [cell for cell in cells if cell.get("metadata", {}).get("papermill", {}).get("status") == "running"]
+    return running[-1].source if running else ""
+
+
+HOLD_LOCK = "import sys, time; from utils import config, pipeline\n" \
+            "with pipeline.run_lock(config.RunPaths(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)"
+
+
+def test_a_second_run_of_the_same_name_is_refused_at_once_naming_the_holder(capsys):
+    run_name = "lock_test"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run_name], cwd=config.PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        # (--stages and --timeout bound what a runner that ignored the lock would do.)
+        assert pipeline.main(["--preset", "ci", "-p", "run_name", run_name, "--stages", "01", "--timeout", "5"]) == 1
+        assert time.monotonic() - started < 10
+        error = capsys.readouterr().err
+        assert f"run '{run_name}' is already running: PID {holder.pid} (started 20" in error
+        assert "another run_name" in error
+        assert not config.RunPaths(run_name).notebooks.exists()  # no stage ran, nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_note(capsys):
+    paths = config.RunPaths("stale_lock_test")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, paths.run_name], cwd=config.PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)  # no chance to remove its lock file
+    holder.wait()
+    assert paths.lock.exists()
+    with pipeline.run_lock(paths):
+        assert json.loads(paths.lock.read_text())["pid"] == os.getpid()
+        # Within one process too: a second holder is refused.
+        with pytest.raises(pipeline.RunLocked, match=f"PID {os.getpid()}"):
+            with pipeline.run_lock(paths):
+                pass
+    assert f"taking over the lock of run 'stale_lock_test' from PID {holder.pid}" in capsys.readouterr().out
+    assert not paths.lock.exists()

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from utils import plots
+from utils import growth, plots
 
 BANDS = ["0-2 y", "2-5 y", "5-10 y", "10-15 y", "15-19 y"]
 
@@ -73,6 +73,9 @@ FIGURE_CASES = {
     "calibration_plot": lambda t, p, m: plots.calibration_plot(CALIBRATION_BINS),
     "interval_coverage": lambda t, p, m: plots.interval_coverage(
         {band: {"coverage_pct": 88.0, "n": 10} for band in BANDS}, 90),
+    "growth_charts": lambda t, p, m: plots.growth_charts([growth.chart_child(pd.DataFrame({
+        "chronological_age_months": [110.0, 122.0], "boneage_pred": [118.0, 131.0], "boneage_low": [100.0, 113.0],
+        "boneage_high": [136.0, 149.0], "male": [False, False]}), "girl", 90.0)]),
 }
 
 
@@ -109,6 +112,30 @@ def test_learning_curves_mark_best_epoch_and_dash_the_baseline():
     ours_validation = [line for line in mae_axes.get_lines() if line.get_label() == "ours validation"][0]
     np.testing.assert_allclose(ours_validation.get_ydata(), history()["val_mae"])
     np.testing.assert_array_equal(ours_validation.get_xdata(), np.arange(1, 9))
+
+
+def test_learning_curves_put_only_comparable_quantities_on_one_axis():
+    """Both models' MAE in months share an axis; the losses (Huber against MAE) never do."""
+    figure = plots.learning_curves(history(), baseline_history=history(10, 4.0), loss_name="Huber")
+    mae_axes, loss_axes = figure.axes
+    assert mae_axes.get_ylabel() == "MAE (months)"
+    mae_labels = {line.get_label() for line in mae_axes.get_lines()}
+    assert {"ours validation", "seed baseline validation"} <= mae_labels
+    loss_labels = {line.get_label() for line in loss_axes.get_lines() if not line.get_label().startswith("_")}
+    assert loss_labels == {"ours train", "ours validation"}
+    assert "Huber" in loss_axes.get_title()
+
+
+def test_image_grid_titles_do_not_overlap():
+    images = np.zeros((8, 48, 48), np.uint8)
+    titles = [f"true {100 + i} · pred {150 + i} mo\nmale · unusual" for i in range(8)]
+    figure = plots.image_grid(images, titles, ncols=4, title="Worst cases")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [axes.title.get_window_extent(renderer) for axes in figure.axes[:8]]
+    for first in range(8):
+        for second in range(first + 1, 8):
+            assert not boxes[first].overlaps(boxes[second]), (titles[first], titles[second])
 
 
 def test_learning_curves_without_baseline_has_no_dashed_lines():

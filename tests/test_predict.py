@@ -219,6 +219,7 @@ def test_folder_with_a_corrupt_image_predicts_the_others_and_lists_it(model_dir,
     paths = ["images/good0.png", "images/good1.png", "images/bad.png", "images/good2.png", "images/missing_end.png"]
     pd.DataFrame({"path": paths, "boneage": 100, "sex": "F"}).to_csv(folder / "labels.csv", index=False)
     out = tmp_path / "out" / "predictions.csv"
+    out.parent.mkdir()  # --out does not create folders
     result = run_cli(folder, "--model", model_dir, "--out", out)
     assert result.returncode == 0, result.stderr
     assert sorted(pd.read_csv(out)["id"]) == ["good0", "good1", "good2"]
@@ -262,11 +263,12 @@ def test_corrupt_file_fails_naming_it_and_writes_nothing(model_dir, tmp_path):
     corrupt = tmp_path / "scan.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
     out = tmp_path / "out" / "reading.json"
+    out.parent.mkdir()  # --out does not create folders
     result = run_cli(corrupt, "--sex", "F", "--model", model_dir, "--out", out)
     assert result.returncode == 1
     assert result.stdout == ""
     assert str(corrupt) in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    assert not any(out.parent.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -374,3 +376,270 @@ def test_the_cards_hand_crop_reaches_the_preprocessing(model_dir, tmp_path, monk
     (size, options), = calls
     assert size == IMAGE_SIZE and options["pad_to_square"] is False and options["contrast"] == "percentile"
     assert options.get("hand_crop", "none") == hand_crop
+
+
+# The clinical outputs (issue 16): growth chart and earlier visits, a visits CSV, FHIR, DICOM SR, rejection.
+
+
+def test_chart_and_previous_visits_add_the_velocity(model_dir, tmp_path):
+    chart = tmp_path / "charts" / "chart.png"
+    result = run_cli(write_png(tmp_path / "hand.png"), "--sex", "F", "--age-months", "126", "--model", model_dir,
+                     "--chart", chart, "--previous", "102:110", "--previous", "114:120:104:136")
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    velocity = reading["bone_age_velocity"]
+    assert velocity["since_months"] == 12
+    assert velocity["value"] == pytest.approx((reading["bone_age_months"] - 120) / 12, abs=0.01)
+    # 90% interval from the two visits' intervals: ± sqrt(16² + h²) / 12, h the larger side of this one.
+    interval = reading["interval"]
+    side = max(reading["bone_age_months"] - interval["low"], interval["high"] - reading["bone_age_months"])
+    assert velocity["high"] - velocity["value"] == pytest.approx(np.hypot(16, side) / 12, abs=0.01)
+    image = cv2.imread(str(chart))
+    assert image is not None and image.shape[0] > 600 and image.shape[1] > 600
+
+
+def test_chart_needs_the_chronological_age_and_earlier_visits_at_younger_ages(model_dir, tmp_path):
+    image = write_png(tmp_path / "hand.png")
+    no_age = run_cli(image, "--sex", "F", "--model", model_dir, "--chart", tmp_path / "c.png")
+    assert no_age.returncode == 2 and "need the chronological age" in no_age.stderr
+    later = run_cli(image, "--sex", "F", "--age-months", "100", "--model", model_dir, "--previous", "110:100")
+    assert later.returncode == 2 and "ages below this visit" in later.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_visits_csv_gives_readings_velocities_and_a_chart_per_child(model_dir, tmp_path):
+    images = tmp_path / "visits" / "images"
+    images.mkdir(parents=True)
+    rows = ["patient,id,path,sex,chronological_age_months"]
+    for patient, male, ages in (("anna", False, (110, 122, 134)), ("ben", True, (60, 84))):
+        for visit, age in enumerate(ages):
+            write_png(images / f"{patient}{visit}.png", age, male, seed=visit + 10 * male)
+            rows.append(f"{patient},{patient}{visit},images/{patient}{visit}.png,{'M' if male else 'F'},{age}")
+    csv = tmp_path / "visits" / "visits.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out" / "visits_read.csv"
+    out.parent.mkdir()  # --out does not create folders
+    result = run_cli(csv, "--model", model_dir, "--out", out, "--chart", tmp_path / "charts")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 5 visits of 2 children" in result.stdout
+    table = pd.read_csv(out)
+    assert table["id"].tolist() == ["anna0", "anna1", "anna2", "ben0", "ben1"]
+    assert {"bone_age_sds", "bone_age_centile", "category", "bone_age_velocity", "bone_age_velocity_low"} <= set(table.columns)
+    anna = table[table["patient"] == "anna"]
+    expected = np.diff(anna["boneage_pred"]) / 12
+    np.testing.assert_allclose(anna["bone_age_velocity"].iloc[1:], expected, atol=0.002)
+    assert table.groupby("patient")["bone_age_velocity"].apply(lambda rates: rates.isna().iloc[0]).all()
+    assert sorted(path.name for path in (tmp_path / "charts").iterdir()) == ["anna_chart.png", "ben_chart.png"]
+    refused = run_cli(csv, "--model", model_dir, "--sex", "F")
+    assert refused.returncode == 2 and "not a visits CSV" in refused.stderr
+
+
+def with_study(path: Path) -> Path:
+    """The DICOM of write_dicom with the study, series and patient identifiers of a real one."""
+    dataset = pydicom.dcmread(path)
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.PatientID, dataset.PatientName, dataset.StudyDate = "P-16", "Doe^Jane", "20240105"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_fhir_format_prints_an_observation_of_the_same_reading(model_dir, tmp_path):
+    from test_result_formats import schema_errors
+
+    dicom = with_study(write_dicom(tmp_path / "study.dcm", hand(120, False, 3), sex="F", age="010Y"))
+    reading = json.loads(run_cli(dicom, "--model", model_dir).stdout)
+    result = run_cli(dicom, "--model", model_dir, "--format", "fhir", "--out", tmp_path / "observation.json")
+    assert result.returncode == 0, result.stderr
+    observation = json.loads(result.stdout)
+    assert observation == json.loads((tmp_path / "observation.json").read_text())
+    assert schema_errors(observation) == []
+    assert observation["resourceType"] == "Observation" and observation["valueQuantity"]["value"] == reading["bone_age_months"]
+    assert observation["subject"]["identifier"]["value"] == "P-16"
+    assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{pydicom.dcmread(dicom).StudyInstanceUID}"
+    refused = run_cli(tmp_path, "--model", model_dir, "--format", "fhir")
+    assert refused.returncode == 2 and "for a single image" in refused.stderr
+
+
+def test_dicom_out_writes_a_structured_report_in_the_source_study(model_dir, tmp_path):
+    dicom = with_study(write_dicom(tmp_path / "study.dcm", hand(120, False, 3), sex="F", age="010Y"))
+    result = run_cli(dicom, "--model", model_dir, "--dicom-out", tmp_path / "reports")
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    sr = pydicom.dcmread(tmp_path / "reports" / "study_bone_age_sr.dcm")
+    source = pydicom.dcmread(dicom)
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientID == "P-16"
+    referenced = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+    def items(dataset):
+        for item in getattr(dataset, "ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    bone_age = [float(item.MeasuredValueSequence[0].NumericValue) for item in items(sr)
+                if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "37362-1"]
+    assert bone_age == [pytest.approx(reading["bone_age_months"])]
+    png = run_cli(write_png(tmp_path / "hand.png"), "--sex", "F", "--model", model_dir, "--dicom-out", tmp_path / "x")
+    assert png.returncode == 2 and "is not DICOM" in png.stderr and not (tmp_path / "x").exists()
+
+
+def broken_images(folder: Path) -> dict[str, Path]:
+    """PNGs of the images the quality tests make (tests/test_quality.py: anomalies), from hands of this module."""
+    from test_quality import anomalies
+
+    hands = np.stack([hand(60 + 20 * index, bool(index % 2), 100 + index) for index in range(4)])
+    paths = {}
+    for kind, images in anomalies(np.random.default_rng(8), hands).items():
+        if kind in ("blank", "inverted", "rotated", "chest"):
+            paths[kind] = folder / f"{kind}.png"
+            cv2.imwrite(str(paths[kind]), images[0])
+    return paths
+
+
+def test_reject_flagged_gives_no_age_for_the_broken_images(model_dir, tmp_path):
+    broken = broken_images(tmp_path)
+    expected_flags = {"blank": "blank", "inverted": "inverted", "rotated": "rotated", "chest": "unusual"}
+    for kind, path in broken.items():
+        result = run_cli(path, "--sex", "F", "--age-months", "100", "--model", model_dir, "--reject-flagged")
+        assert result.returncode == 3, (kind, result.stderr)
+        reading = json.loads(result.stdout)
+        assert reading["bone_age_months"] is None and reading["rejected"] is True
+        assert reading["quality_flag"] == expected_flags[kind]
+        assert f"quality flag '{expected_flags[kind]}'" in reading["rejection_reason"]
+        assert "interval" not in reading and "category" not in reading and reading["chronological_age_months"] == 100
+    # Without the option the same image still gets an age; a good image is never rejected.
+    assert json.loads(run_cli(broken["blank"], "--sex", "F", "--model", model_dir).stdout)["bone_age_months"] is not None
+    good = run_cli(write_png(tmp_path / "hand.png"), "--sex", "F", "--model", model_dir, "--reject-flagged")
+    assert good.returncode == 0 and json.loads(good.stdout)["bone_age_months"] is not None
+    fhir = run_cli(broken["rotated"], "--sex", "F", "--model", model_dir, "--reject-flagged", "--format", "fhir")
+    assert fhir.returncode == 3 and json.loads(fhir.stdout)["status"] == "cancelled"
+
+
+def test_reject_flagged_in_a_folder_empties_the_value_and_gives_the_reason(model_dir, tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    broken = broken_images(folder)
+    for name in ("a", "b"):
+        write_png(folder / f"{name}.png")
+    out = tmp_path / "rejected.csv"
+    result = run_cli(folder, "--sex", "F", "--model", model_dir, "--out", out, "--reject-flagged")
+    assert result.returncode == 0, result.stderr
+    assert f"{len(broken)} of them rejected" in result.stdout
+    table = pd.read_csv(out).set_index("id")
+    rejected = table.loc[list(broken)]
+    assert rejected["boneage_pred"].isna().all() and rejected["boneage_low"].isna().all()
+    assert rejected["rejection_reason"].str.contains("no age is given").all()
+    assert table.loc[["a", "b"], "boneage_pred"].notna().all() and table.loc[["a", "b"], "rejection_reason"].isna().all()
+
+
+# ---- every bad input named: the file and the problem -----------------------------------------
+
+
+def noise_png(path: Path, side=512) -> bytes:
+    """An incompressible PNG, large enough that libpng reads it in several blocks."""
+    data = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8))[1].tobytes()
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: data[: len(data) // 3], "PNG end marker missing (truncated file?)"),
+    # Cut in the middle with the end marker kept: only the decoder finds it, and libpng says so on its own.
+    (lambda data: data[:100_000] + data[-12:], "cannot be decoded (corrupt or not an image): libpng error: Read Error"),
+])
+def test_a_damaged_png_is_named_on_the_first_line(model_dir, tmp_path, damage, problem):
+    image = tmp_path / "hand.png"
+    image.write_bytes(damage(noise_png(tmp_path / "hand.png")))
+    result = run_cli(image, "--sex", "F", "--model", model_dir)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {image}: {problem}"]
+
+
+def test_a_damaged_keras_file_is_not_called_missing(model_dir, tmp_path):
+    folder = copy_model_dir(model_dir, tmp_path / "model", names=("model_card.json",))
+    keras_file = folder / "bone_age.keras"
+    keras_file.write_bytes((model_dir / "bone_age.keras").read_bytes()[:2000])
+    result = run_cli(write_png(tmp_path / "hand.png"), "--sex", "F", "--model", keras_file)
+    assert result.returncode == 1
+    assert f"error: {keras_file}: not a readable Keras model" in result.stderr and "not found" not in result.stderr
+
+
+@pytest.mark.parametrize("out, message", [
+    (lambda tmp: tmp, "is a folder; give a file name, e.g. --out"),
+    (lambda tmp: tmp / "nonexistent" / "x.json", "does not exist"),
+])
+def test_out_must_be_a_file_in_a_folder_that_exists(model_dir, tmp_path, out, message):
+    image = write_png(tmp_path / "hand.png")
+    result = run_cli(image, "--sex", "F", "--model", model_dir, "--out", out(tmp_path))
+    assert result.returncode == 2 and message in result.stderr and str(out(tmp_path)) in result.stderr
+    assert not (tmp_path / "nonexistent").exists() and sorted(path.name for path in tmp_path.iterdir()) == ["hand.png"]
+
+
+def test_a_rerun_without_errors_removes_the_old_errors_file(model_dir, tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    write_png(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    out = tmp_path / "predictions.csv"
+    assert run_cli(folder, "--sex", "F", "--model", model_dir, "--out", out).returncode == 0
+    assert (tmp_path / "predictions.errors.csv").exists()
+    (folder / "b.png").unlink()
+    assert run_cli(folder, "--sex", "F", "--model", model_dir, "--out", out).returncode == 0
+    assert not (tmp_path / "predictions.errors.csv").exists() and len(pd.read_csv(out)) == 1
+
+
+def test_a_truncated_image_of_a_bare_folder_is_listed_by_name(model_dir, tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    write_png(folder / "a.png")
+    (folder / "cut.png").write_bytes(noise_png(tmp_path / "whole.png")[:50_000])
+    out = tmp_path / "predictions.csv"
+    result = run_cli(folder, "--sex", "F", "--model", model_dir, "--out", out)
+    assert result.returncode == 0 and "libpng" not in result.stderr
+    errors = pd.read_csv(tmp_path / "predictions.errors.csv")
+    assert errors["file"].tolist() == [str(folder / "cut.png")] and "truncated" in errors["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("separator, works", [(";", True), ("\t", True), (":", False)])
+def test_a_label_table_of_another_separator_is_read_or_named(model_dir, tmp_path, separator, works):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_png(folder / f"{name}.png")
+    (folder / "labels.csv").write_text("\n".join(separator.join(row) for row in
+                                                 [("path", "boneage", "sex"), ("a.png", "100", "F"), ("b.png", "90", "M")]) + "\n")
+    out = tmp_path / "predictions.csv"
+    result = run_cli(folder, "--model", model_dir, "--out", out)
+    if works:
+        assert result.returncode == 0, result.stderr
+        assert pd.read_csv(out)["id"].tolist() == ["a", "b"]
+    else:
+        assert result.returncode == 1 and "required column missing" in result.stderr
+        assert "read as separated by commas" in result.stderr and "semicolons" in result.stderr
+
+
+def test_a_blank_image_gets_no_clinical_category_and_says_why(model_dir, tmp_path):
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((256, 200), np.uint8))
+    result = run_cli(black, "--sex", "M", "--age-months", "160", "--model", model_dir)
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert reading["quality_flag"] == "blank" and reading["bone_age_months"] is not None
+    assert reading["category"] is None and reading["bone_age_sds"] is None and reading["difference_months"] is None
+    assert reading["chronological_age_months"] == 160
+    assert "quality flag 'blank'" in reading["clinical_reading_withheld"] and "nearly uniform" in reading["clinical_reading_withheld"]
+    assert f"warning: {black}: quality flag 'blank'" in result.stderr
+
+
+def test_a_folder_gives_flagged_images_no_clinical_category(model_dir, tmp_path):
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    write_dicom(folder / "girl.dcm", hand(120, False, 1), sex="F", age="010Y")
+    write_dicom(folder / "blank.dcm", np.zeros((64, 64), np.uint8), sex="M", age="013Y")
+    out = tmp_path / "dicoms.csv"
+    result = run_cli(folder, "--model", model_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out).set_index("id")
+    assert table.loc["blank", "quality_flag"] == "blank" and pd.isna(table.loc["blank", "category"])
+    assert table.loc["blank", "chronological_age_months"] == 156
+    assert "1 image(s) flagged by the quality check (blank 1): no clinical category" in result.stderr

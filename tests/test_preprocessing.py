@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import cv2
@@ -518,21 +517,20 @@ def test_preprocess_paths_names_the_bad_file(tmp_path):
         preprocess_paths([*paths, tmp_path / "bad.png"], 16, pad_to_square=True, contrast="none", progress=False)
 
 
-def test_first_error_stops_the_remaining_work(tmp_path, monkeypatch):
-    (good,) = write_images(tmp_path, 1)
+def test_every_bad_file_is_reported_at_once(tmp_path):
+    # (It used to stop at the first: fixing one file, rerunning, finding the next, took a run each.)
+    paths = write_images(tmp_path, 3)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    calls = []
-    original = preprocessing.read_grayscale
-
-    def slow_read_grayscale(path):
-        calls.append(path)
-        time.sleep(0.01)
-        return original(path)
-
-    monkeypatch.setattr(preprocessing, "read_grayscale", slow_read_grayscale)
-    with pytest.raises(ImageError, match="bad.png"):
-        preprocess_paths([tmp_path / "bad.png", *[good] * 300], 8, pad_to_square=True, contrast="none", progress=False)
-    assert len(calls) < 100  # 301 if the queued files were decoded after the error
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(preprocessing.ImageErrors) as caught:
+        preprocess_paths([tmp_path / "bad.png", *paths, tmp_path / "empty.png"], 8, pad_to_square=True,
+                         contrast="none", progress=False)
+    assert list(caught.value.failures) == [str(tmp_path / "bad.png"), str(tmp_path / "empty.png")]
+    assert str(caught.value).startswith("2 image(s) cannot be decoded:")
+    assert "bad.png: cannot be decoded" in str(caught.value) and "empty.png: is empty" in str(caught.value)
+    # The good files were preprocessed all the same.
+    np.testing.assert_array_equal(caught.value.images[1:4], preprocess_paths(paths, 8, pad_to_square=True,
+                                                                            contrast="none", progress=False))
 
 
 def test_progress_bar_can_be_switched_off(tmp_path, capsys):
@@ -619,13 +617,21 @@ def test_cache_files_are_complete_and_described(tmp_path):
     assert sorted(path.name for path in cache_dir.iterdir()) == sorted([npy.name, npy.with_suffix(".json").name])
 
 
-def test_failed_run_leaves_no_cache_or_temporary_files(tmp_path):
+def test_failed_run_caches_the_good_images_and_the_failures_and_no_temporary_files(tmp_path, monkeypatch):
     paths = write_images(tmp_path, 3)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     table = pd.DataFrame({"path": [str(path) for path in [*paths, tmp_path / "bad.png"]]})
+    options = {"pad_to_square": True, "contrast": "clahe", "cache_dir": tmp_path / "cache", "progress": False}
     with pytest.raises(ImageError, match="bad.png"):
-        load_images(table, 16, pad_to_square=True, contrast="clahe", cache_dir=tmp_path / "cache", progress=False)
-    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+        load_images(table, 16, **options)
+    names = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(names) == 3 and not any(name.startswith(".") for name in names)
+    assert sum(name.endswith(".failures.json") for name in names) == 1
+    # Asking again fails from the record, and the table without the bad row comes from the cache.
+    monkeypatch.setattr(preprocessing, "preprocess_paths", lambda *arguments, **keywords: pytest.fail("decoded"))
+    with pytest.raises(preprocessing.ImageErrors, match="bad.png"):
+        load_images(table, 16, **options)
+    assert load_images(table.iloc[:3], 16, **options).shape == (3, 16, 16)
 
 
 def test_interrupted_cache_write_leaves_nothing(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ BANDS = ["0-2 y", "2-5 y", "5-10 y", "10-15 y", "15-19 y"]
 
 
 def fake_metrics(dataset_name="rsna-bone-age-100", seed_baseline=True) -> dict:
-    """A performance_metrics.json following schema_version 1, with recognisable values."""
+    """A performance_metrics.json following schema_version 1 (no intervals), with recognisable values."""
     flat = {"n": 1593, "mae": 11.37, "rmse": 14.91, "mse": 222.3, "pearson_r": 0.947, "r2": 0.896,
             "bias": -0.83, "within_6_pct": 34.1, "within_12_pct": 61.9, "within_18_pct": 79.4, "within_24_pct": 89.2}
     by_band = {band: {"n": n, "mae": mae, "bias": 1.5, "within_12_pct": 60.0}
@@ -125,8 +125,8 @@ def test_missing_metrics_file_names_the_path(tmp_path):
 
 
 def test_wrong_schema_version_is_refused(tmp_path):
-    (tmp_path / "performance_metrics.json").write_text(json.dumps({"schema_version": 2}), encoding="utf-8")
-    with pytest.raises(ValueError, match="expected schema_version 1, found 2"):
+    (tmp_path / "performance_metrics.json").write_text(json.dumps({"schema_version": 3}), encoding="utf-8")
+    with pytest.raises(ValueError, match="expected schema_version 1 or 2, found 3"):
         report.build_report(tmp_path, tmp_path / "Report.pdf")
 
 
@@ -135,3 +135,129 @@ def test_command_line_writes_report_in_results_folder(tmp_path, capsys):
     output = report.main([str(results)])
     assert output == results / "Report.pdf" and output.read_bytes().startswith(b"%PDF")
     assert str(output) in capsys.readouterr().out
+
+
+# --- the report as a study (schema version 2, with the findings of stage 05) --------------------
+
+
+def study_metrics(seed_baseline=True, dataset_name="rsna-bone-age-100") -> dict:
+    """A schema-version-2 metrics file built by utils.evaluation, with intervals everywhere."""
+    from utils import conformal, evaluation
+
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(1, 228, 400)
+    predicted = truth + rng.normal(0, 10, 400) - 0.07 * (truth - 120)
+    intervals = conformal.fit_conformal(truth[:200], predicted[:200])
+    return evaluation.build_performance_metrics(
+        parameters={"run_name": "study", "preset": "rsna100", "dataset": f"../shared/data/{dataset_name}",
+                    "image_size": 96, "pad_to_square": False, "contrast": "clahe", "hand_crop": "none",
+                    "architecture": "ours", "widths": [32, 64], "loss": "huber", "huber_delta": 0.25, "epochs": 40,
+                    "augment": True, "tta": "shift", "interval_coverage": 0.9},
+        dataset_name=dataset_name, dataset_source=f"../shared/data/{dataset_name}",
+        split_counts={"train": 1400, "validation": 200, "calibration": 100, "test": 400},
+        model_info={"architecture": "ours", "parameters_count": 1234567, "image_size": 96, "path": "m.keras"},
+        y_true=truth, y_pred=predicted, male=rng.random(400) < 0.5, train_ages=rng.uniform(1, 228, 300),
+        interval=intervals.interval(predicted), interval_method=intervals.method, interval_nominal=0.9,
+        timing={key: 1.0 for key in evaluation.TIMING_KEYS},
+        baseline_pred=truth + rng.normal(4, 18, 400) if seed_baseline else None,
+    )
+
+
+def study_results(folder, metrics, external=True, figures=("age_distribution.png", "bland_altman.png",
+                                                           "worst_cases.png", "gradcam.png")):
+    import pandas as pd
+
+    from utils import evaluation
+
+    make_results(folder, metrics, figures=figures)
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(1, 228, 100)
+    predicted = truth + rng.normal(0, 10, 100)
+    predictions = pd.DataFrame({"id": [str(i) for i in range(100)], "boneage": truth, "male": rng.random(100) < 0.5,
+                                "boneage_pred": predicted, "boneage_low": predicted - 20, "boneage_high": predicted + 20,
+                                "quality_flag": np.where(np.arange(100) < 4, "unusual", "ok")})
+    findings = evaluation.error_analysis_findings(predictions, worst_ids=["1", "2"], gallery_ids=["3", "4"],
+                                                  gradcam={"cases": 15, "mode": "signed", "blank_signed": 0,
+                                                           "blank_classic": 6})
+    (folder / "error_analysis.json").write_text(json.dumps(findings), encoding="utf-8")
+    check = (evaluation.external_check(truth[:20], predicted[:20], predicted[:20] - 20, predicted[:20] + 20,
+                                       ids=range(20), labels="six readers") if external
+             else evaluation.external_check_skipped("the sample folder is not here"))
+    (folder / "external_check.json").write_text(json.dumps(check), encoding="utf-8")
+    return folder
+
+
+def test_the_report_reads_as_a_study_in_order(tmp_path):
+    metrics = study_metrics()
+    results = study_results(tmp_path / "run", metrics)
+    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+    positions = [text.find(section.encode()) for section in report.SECTIONS]
+    assert all(position >= 0 for position in positions), dict(zip(report.SECTIONS, positions))
+    assert positions == sorted(positions), dict(zip(report.SECTIONS, positions))
+    for anchor in [b"33.5", b"8.0-10.8", b"6.8", b"4.2", b"4.8-7.0"]:  # the published anchors table
+        assert anchor in text, anchor
+
+
+def test_the_numbers_carry_their_confidence_intervals(tmp_path):
+    metrics = study_metrics()
+    results = study_results(tmp_path / "run", metrics)
+    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+    mae, coverage = metrics["ci"]["mae"], metrics["prediction_interval"]["ci"]["coverage_pct"]
+    assert f"{mae['low']:.2f} to {mae['high']:.2f}".encode() in text  # the results table
+    assert f"{coverage['low']:.1f} to {coverage['high']:.1f}".encode() in text
+    band = metrics["by_age_band"]["5-10 y"]["ci"]["mae"]
+    assert f"{band['low']:.1f} to {band['high']:.1f}".encode() in text  # the band table
+    difference = metrics["seed_baseline"]["paired_mae_difference"]
+    assert f"{difference['low']:+.2f} to {difference['high']:+.2f}".encode() in text  # the paired comparison
+    assert b"like for like" in text
+
+
+def test_figures_are_numbered_in_reading_order_and_cited_before_they_appear(tmp_path):
+    results = study_results(tmp_path / "run", study_metrics())
+    pdf = report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes()
+    text = pdf_text(pdf)
+    captions = [text.find(f"Figure {number}. ".encode()) for number in range(1, 5)]
+    assert all(position >= 0 for position in captions) and captions == sorted(captions)
+    assert b"Figure 5. " not in text
+    assert text.find(b"in Figure 1") < captions[0]  # the age distribution, cited from the data section
+    assert b"Figure 1. Age distribution" in text and b"Figure 4. Grad-CAM" in text
+    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 4
+
+
+def test_the_findings_of_stage_05_reach_the_report(tmp_path):
+    results = study_results(tmp_path / "run", study_metrics())
+    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+    assert b"female MAE" in text and b"male bias" in text  # the sex x band table
+    assert b"Quality flags: 4 of 100 test images" in text
+    assert b"largest errors" in text and b"Regression towards the mean" in text
+    assert b"6 would be blank" in text  # the Grad-CAM summary
+    assert b"n = 20" in text and b"External check on six-reader labels" in text
+
+
+def test_without_findings_external_check_or_baseline_the_report_says_so(tmp_path):
+    metrics = study_metrics(seed_baseline=False, dataset_name="synthetic")
+    results = study_results(tmp_path / "run", metrics, external=False, figures=())
+    (results / "error_analysis.json").unlink()
+    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+    assert b"Not run: the sample folder is not here" in text
+    assert b"did not train the seed study" in text
+    assert b"not in this" in text  # error_analysis.json missing
+    assert b"none of the published figures is comparable" in text
+
+
+def test_readme_table_gains_a_ci_column_with_schema_2_only():
+    with_ci = report.results_markdown(study_metrics())
+    assert with_ci.splitlines()[0] == "| Metric | Ours | 95% CI | Seed baseline | Mean predictor |"
+    without = report.results_markdown(fake_metrics())
+    assert without.splitlines()[0] == "| Metric | Ours | Seed baseline | Mean predictor |"
+
+
+def test_figures_float_so_that_no_page_but_the_last_is_left_mostly_empty(tmp_path):
+    figures = ("age_distribution.png", "learning_curves.png", "predicted_vs_true.png", "bland_altman.png",
+               "error_distribution.png", "metrics_by_band.png", "interval_coverage.png", "residuals_by_age.png",
+               "calibration.png", "worst_cases.png", "gradcam.png")
+    results = study_results(tmp_path / "run", study_metrics(), figures=figures)
+    shares = []
+    report.build_report(results, tmp_path / "Report.pdf", empty_shares=shares)
+    assert len(shares) >= 8
+    assert max(shares[:-1]) < 0.35, [round(share, 2) for share in shares]

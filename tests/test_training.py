@@ -1,6 +1,9 @@
 """utils.training: history JSON, best checkpoint, resume after an interruption, time budget, fine-tuning."""
 
 import json
+import os
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -194,3 +197,83 @@ def test_leftover_temporary_checkpoints_are_removed(tmp_path):
     leftover.write_bytes(b"")
     fit(tiny_model(), tmp_path, epochs=1)
     assert not leftover.exists()
+
+
+class Killed(BaseException):
+    """A kill of the process at one point of an epoch's checkpoint writes (nothing after it runs)."""
+
+
+def _kill_at(monkeypatch, point):
+    """Make the run die in epoch 2 at `point`; returns a list that records that it did."""
+    from utils import training
+
+    fired = []
+    if point == "before_best_saved":
+        save = training._save_atomic
+
+        def save_or_die(model, destination):
+            if Path(destination).name.startswith("best") and _epoch_of(destination) == 2:
+                fired.append(point)
+                raise Killed
+            save(model, destination)
+
+        monkeypatch.setattr(training, "_save_atomic", save_or_die)
+    elif point == "after_state_written":
+        write = training.write_json_atomic
+        epochs_seen = []
+
+        def write_then_die(destination, data):
+            write(destination, data)
+            if Path(destination).name == "state.json":
+                epochs_seen.append(1)
+                if len(epochs_seen) == 2:
+                    fired.append(point)
+                    raise Killed
+
+        monkeypatch.setattr(training, "write_json_atomic", write_then_die)
+    elif point == "between_renames":
+        promote = training._promote
+
+        def promote_last_then_die(checkpoint_dir, epoch):
+            if epoch != 2:
+                return promote(checkpoint_dir, epoch)
+            os.replace(training._pending(checkpoint_dir, "last", epoch), checkpoint_dir / "last.keras")
+            fired.append(point)
+            raise Killed
+
+        monkeypatch.setattr(training, "_promote", promote_last_then_die)
+    return fired
+
+
+def _epoch_of(destination) -> int | None:
+    """The epoch of a checkpoint file name (best.epoch0002.keras -> 2); the old code wrote best.keras
+    once per improving epoch, counted here instead."""
+    match = re.search(r"epoch(\d+)", Path(destination).name)
+    if match:
+        return int(match.group(1))
+    _epoch_of.best_saves = getattr(_epoch_of, "best_saves", 0) + 1
+    return _epoch_of.best_saves
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before_best_saved", "after_state_written", "between_renames"])
+def test_best_checkpoint_and_state_agree_after_a_kill_at_any_point(tmp_path, monkeypatch, point):
+    """Epoch 2 improves on epoch 1; a kill while its checkpoint is written, then a rerun: the model
+    the run ends with is the epoch that the history names best, and nothing is left half done."""
+    _epoch_of.best_saves = 0
+    with monkeypatch.context() as patch:
+        fired = _kill_at(patch, point)
+        with pytest.raises(Killed):
+            fit(tiny_model(), tmp_path, epochs=2)
+    assert fired == [point]
+    model = tiny_model()
+    history = fit(model, tmp_path, epochs=2)
+    assert history["epoch"] == [1, 2] and history["best_epoch"] == 2
+    images, male, ages = VALIDATION
+    validation_mae = np.mean(np.abs(predict_months(model, images, male) - ages))
+    assert validation_mae == pytest.approx(history["best_val_mae"], rel=1e-4)
+    best = keras.models.load_model(tmp_path / "checkpoints" / "best.keras")
+    np.testing.assert_allclose(predict_months(best, images, male), predict_months(model, images, male), rtol=1e-5)
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert state["best_keras_epoch"] == 2 and state["checkpoint_epoch"] == 2
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best.keras", "last.keras", "state.json"]

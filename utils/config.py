@@ -124,6 +124,21 @@ class RunPaths:
         return self.results / METRICS_FILE
 
     @property
+    def findings(self) -> Path:
+        """What stage 05 found (evaluation.error_analysis_findings), read by the report."""
+        return self.results / "error_analysis.json"
+
+    @property
+    def external_check(self) -> Path:
+        """The model on the six-reader test images of FULLRES_SAMPLE_DIR (evaluation.external_check)."""
+        return self.results / "external_check.json"
+
+    @property
+    def rejection(self) -> Path:
+        """What --reject-flagged costs and buys on the test split (rejection.rejection_summary), from stage 05."""
+        return self.results / "rejection.json"
+
+    @property
     def report(self) -> Path:
         return self.results / "Report.pdf"
 
@@ -150,6 +165,11 @@ class RunPaths:
     @property
     def model_card(self) -> Path:
         return self.models / MODEL_CARD_FILE
+
+    @property
+    def model_card_markdown(self) -> Path:
+        """The card for people (model_card.ModelCard.to_markdown), beside the JSON one."""
+        return self.models / "MODEL_CARD.md"
 
     @property
     def checkpoints(self) -> Path:

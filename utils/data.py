@@ -32,6 +32,8 @@ from utils import config, evaluation
 from utils.files import atomic_path
 
 SOURCE_SPLITS = ("train", "validation", "test")
+# Field separators a CSV may use (spreadsheets in many locales write semicolons), by name.
+SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
 AGE_RANGE_MONTHS = (0.0, float(config.MAX_AGE_MONTHS))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 TABLE_SUFFIXES = (".csv", ".xlsx")
@@ -111,13 +113,17 @@ def parse_sex(value) -> bool:
     raise ValueError(f"unknown sex {value!r}: expected True/False, 1/0, M/F or male/female")
 
 
-def load_dataset(folder, *, drop_invalid=False, dropped_rows_csv=None) -> pd.DataFrame:
+def load_dataset(folder, *, drop_invalid=False, dropped_rows_csv=None, check_images=None) -> pd.DataFrame:
     """The data set in `folder` as one table: id, path (absolute), boneage (months), male, split.
 
     `boneage` is NaN only in a test table that has no age column (Kaggle's test CSV). Bad rows raise
     one DatasetError listing every problem; with `drop_invalid=True` they are left out instead and
     each is written with its reason to `dropped_rows_csv` (file, line, id, reason; unused without
     drop_invalid). Problems of a whole file (missing columns, no table) always raise.
+
+    `check_images`, if given, decodes what the cheap checks cannot: called with the table of the
+    rows without problems, it returns {path: problem} of the images that cannot be decoded, and
+    those rows count as bad rows too (reported with the others, or dropped).
     """
     if drop_invalid and dropped_rows_csv is None:
         raise ValueError("drop_invalid=True needs dropped_rows_csv: the file that lists each dropped row")
@@ -132,6 +138,9 @@ def load_dataset(folder, *, drop_invalid=False, dropped_rows_csv=None) -> pd.Dat
             rows += table_rows
             problems += row_problems
     whole_file = any(problem.line is None for problem in problems)
+    if check_images is not None and not whole_file:
+        problems += _undecodable(rows, problems, check_images)
+    whole_file = any(problem.line is None for problem in problems)
     if whole_file or (problems and not drop_invalid):
         _raise_problems(folder, problems, can_drop=not whole_file)
     if drop_invalid:
@@ -145,6 +154,15 @@ def load_dataset(folder, *, drop_invalid=False, dropped_rows_csv=None) -> pd.Dat
                 f"{len(problems)} bad row(s) of {folder} left out; each is listed in {dropped_rows_csv}"
             )
     return _as_table(rows)
+
+
+def _undecodable(rows: list[dict], problems: list[Problem], check_images) -> list[Problem]:
+    """A Problem for each row, among those without one, whose image `check_images` cannot decode."""
+    bad = {(problem.file, problem.line) for problem in problems}
+    candidates = [row for row in rows if (row["file"], row["line"]) not in bad]
+    failures = check_images(_as_table(candidates)) if candidates else {}
+    return [Problem(row["file"], row["line"], row["id"], f"image unreadable: {failures[row['path']]}")
+            for row in candidates if row["path"] in failures]
 
 
 def _find_tables(folder: Path) -> list[tuple[Path, str]]:
@@ -181,13 +199,15 @@ def _find_tables(folder: Path) -> list[tuple[Path, str]]:
 
 def _read_table(file: Path, split: str):
     """(raw string cells with a `line` column, {role: column}, whole-file problems) of one table."""
+    separator = ","
     try:
         if file.suffix.lower() == ".xlsx":
             raw = pd.read_excel(file, dtype=str, engine="openpyxl").fillna("")
         else:
+            separator = _separator(file)
             # Blank lines are kept (and skipped below) so that row i is on line i + 2.
             raw = pd.read_csv(
-                file, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig"
+                file, sep=separator, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig"
             )
     except pd.errors.EmptyDataError:
         return None, {}, [Problem(file, None, "", "the file is empty")]
@@ -196,13 +216,24 @@ def _read_table(file: Path, split: str):
     raw.columns = [str(column).strip() for column in raw.columns]
     raw["line"] = np.arange(len(raw)) + 2
     raw = raw[(raw.drop(columns="line") != "").any(axis=1)]
-    columns, problems = _match_columns(file, list(raw.columns.drop("line")), split)
+    columns, problems = _match_columns(file, list(raw.columns.drop("line")), split, separator)
     if not problems and raw.empty:
         problems.append(Problem(file, None, "", "the table has a header but no rows"))
     return raw, columns, problems
 
 
-def _match_columns(file: Path, found: list[str], split: str):
+def _separator(file: Path) -> str:
+    """The field separator of a CSV: the one of SEPARATORS its header line holds most of (commas on a tie)."""
+    try:
+        with open(file, encoding="utf-8-sig", errors="replace") as handle:
+            header = handle.readline()
+    except OSError:
+        return ","  # read_csv reports it
+    counts = {separator: header.count(separator) for separator in SEPARATORS}
+    return max(counts, key=lambda separator: (counts[separator], separator == ","))
+
+
+def _match_columns(file: Path, found: list[str], split: str, separator: str = ","):
     """{role: column name} by the accepted names of COLUMN_NAMES, and the problems of missing ones."""
     columns, problems = {}, []
     for role, names in COLUMN_NAMES.items():
@@ -221,6 +252,11 @@ def _match_columns(file: Path, found: list[str], split: str):
         if not any(role in columns for role in roles):
             expected = " or ".join(", ".join(COLUMN_NAMES[role]) for role in roles)
             reason = f"required column missing: one of {expected}; the file has: {', '.join(found)}"
+            if file.suffix.lower() != ".xlsx":
+                reason += f" (read as separated by {SEPARATORS[separator]})"
+                if len(found) == 1:
+                    reason += ("; one column only: are its fields separated by something other than "
+                               f"{', '.join(SEPARATORS.values())}?")
             problems.append(Problem(file, None, "", reason))
     return columns, problems
 
@@ -320,6 +356,12 @@ def _image_index(root: Path) -> dict[str, list[str]]:
     return index
 
 
+def image_problem(path) -> str | None:
+    """Why an image file cannot be used by the loader's cheap checks (signature, header, end
+    marker), or None; the prediction command checks single files with it too."""
+    return _image_problem(str(path))
+
+
 def _image_problem(path: str) -> str | None:
     """Why the image cannot be used, or None.
 
@@ -408,7 +450,8 @@ def _raise_problems(where, problems: list[Problem], can_drop: bool):
     listed = [f"  - {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
     if len(problems) > MAX_LISTED_PROBLEMS:
         listed.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-    hint = " (fix them, or load with drop_invalid=True to leave the bad rows out)" if can_drop else ""
+    hint = (" (fix them, or load with drop_invalid=True, in a run -p drop_invalid true, to leave the bad rows out)"
+            if can_drop else "")
     raise DatasetError(f"{len(problems)} problem(s) in {where}{hint}:\n" + "\n".join(listed), problems)
 
 

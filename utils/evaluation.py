@@ -405,6 +405,260 @@ def calibration_bins(y_true, y_pred, n_bins: int = 10) -> pd.DataFrame:
     return table
 
 
+def group_frame(groups: dict, keys=("n", "mae", "rmse", "bias", "within_12_pct"), digits: int = 2) -> pd.DataFrame:
+    """A by_age_band / by_sex record of the metrics file as a table for a notebook: one row per
+    group in the file's (age) order, counts as integers, each interval as a "low to high" column."""
+    rows = {}
+    for group, entry in groups.items():
+        row = {}
+        for key in keys:
+            if key not in entry:
+                continue
+            value = entry[key]
+            row[key] = int(value) if key == "n" else (round(float(value), digits) if value is not None else math.nan)
+            interval = (entry.get("ci") or {}).get(key)
+            if interval:
+                row[f"{key} 95% CI"] = f"{interval['low']:.{digits}f} to {interval['high']:.{digits}f}"
+        if "few_images" in entry:
+            row["few images"] = "yes" if entry["few_images"] else ""
+        rows[group] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if "n" in frame:
+        frame["n"] = frame["n"].astype(int)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Error analysis (stage 05): error_analysis.json and external_check.json
+# ---------------------------------------------------------------------------------------------
+
+FINDINGS_VERSION = 1
+PREDICTION_COLUMNS = ("id", "boneage", "male", "boneage_pred", "boneage_low", "boneage_high", "quality_flag")
+
+
+def _check_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    missing = [column for column in PREDICTION_COLUMNS if column not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions lack the column(s) {missing}; they need {list(PREDICTION_COLUMNS)}")
+    if predictions.empty:
+        raise ValueError("no predictions to analyse")
+    table = predictions.reset_index(drop=True).copy()
+    table["error"] = table["boneage_pred"].to_numpy(dtype=float) - table["boneage"].to_numpy(dtype=float)
+    table["age_band"] = age_band(table["boneage"])
+    table["sex"] = sex_label(table["male"].to_numpy(dtype=bool))
+    table["flagged"] = table["quality_flag"].astype(str) != "ok"
+    return table
+
+
+def foreground_fraction(images) -> np.ndarray:
+    """Share of each uint8 image (N, S, S) above its own Otsu threshold: how much of the frame the
+    hand fills (small for a small or far-away hand)."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"foreground_fraction expects uint8 images (N, S, S), got {images.dtype} {images.shape}")
+    fractions = np.empty(len(images))
+    levels = np.arange(256)
+    for index, image in enumerate(images):
+        histogram = np.bincount(image.ravel(), minlength=256).astype(float)
+        weight = np.cumsum(histogram)
+        total = weight[-1]
+        mean_below = np.cumsum(histogram * levels)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            between = (mean_below[-1] * weight / total - mean_below) ** 2 / (weight * (total - weight))
+        threshold = int(np.nanargmax(between)) if np.any(np.isfinite(between)) else 0
+        fractions[index] = float(np.mean(image > threshold))
+    return fractions
+
+
+def _share(mask) -> float:
+    mask = np.asarray(mask, dtype=bool)
+    return float(100.0 * mask.mean()) if mask.size else math.nan
+
+
+def worst_case_profile(predictions: pd.DataFrame, *, share: float = 0.05, minimum: int = 12) -> dict:
+    """What the largest errors have in common: the worst `share` of the images (at least
+    `minimum`) against all test images, by age band, direction of the error, sex, quality flag
+    and (if the column ``hand_fraction`` is there) the size of the hand in the frame.
+
+    Returns ``{n, threshold_months, mean_abs_error, band_pct, all_band_pct, over_estimated_pct,
+    female_pct, all_female_pct, flagged_pct, all_flagged_pct, hand_fraction_median,
+    all_hand_fraction_median, notes}``; ``notes`` are sentences on what stands out.
+    """
+    table = _check_predictions(predictions)
+    count = int(min(len(table), max(minimum, math.ceil(share * len(table)))))
+    order = table["error"].abs().sort_values(ascending=False, kind="stable").index
+    worst = table.loc[order[:count]]
+    bands = [label for label in group_order(table["age_band"])]
+    profile = {
+        "n": count,
+        "share_pct": 100.0 * count / len(table),
+        "threshold_months": float(worst["error"].abs().min()),
+        "mean_abs_error": float(worst["error"].abs().mean()),
+        "band_pct": {band: _share(worst["age_band"] == band) for band in bands},
+        "all_band_pct": {band: _share(table["age_band"] == band) for band in bands},
+        "over_estimated_pct": _share(worst["error"] > 0),
+        "female_pct": _share(worst["sex"] == "female"),
+        "all_female_pct": _share(table["sex"] == "female"),
+        "flagged_pct": _share(worst["flagged"]),
+        "all_flagged_pct": _share(table["flagged"]),
+        "mean_true_age": float(worst["boneage"].mean()),
+        "all_mean_true_age": float(table["boneage"].mean()),
+    }
+    if "hand_fraction" in table.columns:
+        profile["hand_fraction_median"] = float(worst["hand_fraction"].median())
+        profile["all_hand_fraction_median"] = float(table["hand_fraction"].median())
+    profile["notes"] = _worst_case_notes(profile, worst)
+    return profile
+
+
+def _worst_case_notes(profile: dict, worst: pd.DataFrame) -> list[str]:
+    """Sentences on what the worst cases share, strongest first; each compares with all images."""
+    notes = []
+    over, count = profile["over_estimated_pct"], profile["n"]
+    under_young = worst[(worst["error"] < 0)]["boneage"].mean() if (worst["error"] < 0).any() else math.nan
+    over_young = worst[(worst["error"] > 0)]["boneage"].mean() if (worst["error"] > 0).any() else math.nan
+    direction = "over-estimates" if over >= 50 else "under-estimates"
+    notes.append(f"{max(over, 100 - over):.0f}% of the {count} largest errors (at least "
+                 f"{profile['threshold_months']:.0f} months) are {direction}"
+                 + (f"; the over-estimated children have a mean true age of {over_young:.0f} months and the "
+                    f"under-estimated {under_young:.0f}" if math.isfinite(under_young) and math.isfinite(over_young)
+                    else "") + ".")
+    excess = sorted(((profile["band_pct"][band] - profile["all_band_pct"][band], band)
+                     for band in profile["band_pct"]), reverse=True)
+    if excess and excess[0][0] >= 5:
+        _, band = excess[0]
+        notes.append(f"{profile['band_pct'][band]:.0f}% are in the {band} band, which holds "
+                     f"{profile['all_band_pct'][band]:.0f}% of the test images.")
+    if profile["flagged_pct"] >= max(2 * profile["all_flagged_pct"], profile["all_flagged_pct"] + 5):
+        notes.append(f"{profile['flagged_pct']:.0f}% carry a quality flag (unlike the training images), "
+                     f"against {profile['all_flagged_pct']:.0f}% of all test images.")
+    else:
+        notes.append(f"Image quality does not explain them: {profile['flagged_pct']:.0f}% carry a quality flag, "
+                     f"against {profile['all_flagged_pct']:.0f}% of all test images.")
+    if abs(profile["female_pct"] - profile["all_female_pct"]) >= 10:
+        notes.append(f"{profile['female_pct']:.0f}% are girls, against {profile['all_female_pct']:.0f}% of all "
+                     "test images.")
+    if "hand_fraction_median" in profile:
+        ratio = profile["hand_fraction_median"] / max(profile["all_hand_fraction_median"], 1e-9)
+        if ratio <= 0.85 or ratio >= 1.15:
+            notes.append(f"The hand fills {100 * profile['hand_fraction_median']:.0f}% of the frame in the median "
+                         f"worst case, against {100 * profile['all_hand_fraction_median']:.0f}% in the median "
+                         f"test image ({'smaller' if ratio < 1 else 'larger'} or more distant hands).")
+    return notes
+
+
+def _records(table: pd.DataFrame, columns) -> list[dict]:
+    """Rows as JSON-ready dicts (ids as text, numbers as floats, booleans as booleans)."""
+    records = []
+    for row in table[list(columns)].itertuples(index=False):
+        record = {}
+        for name, value in zip(columns, row):
+            if name == "id":
+                record[name] = str(value)
+            elif isinstance(value, (bool, np.bool_)):
+                record[name] = bool(value)
+            elif isinstance(value, (int, float, np.integer, np.floating)):
+                record[name] = float(value)
+            else:
+                record[name] = str(value)
+        records.append(record)
+    return records
+
+
+def error_analysis_findings(predictions: pd.DataFrame, *, worst_ids=(), gallery_ids=(), gradcam: dict | None = None) -> dict:
+    """The error_analysis.json object stage 05 writes and the report reads (findings_version 1).
+
+    `predictions` are the rows of predictions_test.csv (PREDICTION_COLUMNS; ``hand_fraction``
+    optional). Keys:
+
+    - ``findings_version``: 1; ``n``: test images.
+    - ``sex_by_band``: {band: {female, male: {n, mae, bias, few_images}}}, bands in age order.
+    - ``quality_flags``: ``flagged`` and ``unflagged`` ``{n, mae, ci: {mae}}`` (flagged: any
+      flag but "ok"), ``by_flag`` {flag: {n, mae}}.
+    - ``worst_cases``: `worst_case_profile`; ``worst_shown``: the records of `worst_ids`
+      (the images of the worst-cases figure).
+    - ``gallery``: the records of `gallery_ids` (a random sample, the gallery figure), each
+      ``{id, male, boneage, boneage_pred, boneage_low, boneage_high, quality_flag}``.
+    - ``gradcam``: what the caller passes (e.g. how many maps are blank), or null.
+    """
+    table = _check_predictions(predictions)
+    sex_by_band = {}
+    for band in group_order(table["age_band"]):
+        rows = table[table["age_band"] == band]
+        sex_by_band[band] = {}
+        for sex in group_order(rows["sex"]):
+            members = rows[rows["sex"] == sex]
+            sex_by_band[band][sex] = {"n": int(len(members)), "mae": float(members["error"].abs().mean()),
+                                      "bias": float(members["error"].mean()),
+                                      "few_images": bool(len(members) < MIN_GROUP_IMAGES)}
+    quality = {"by_flag": {}}
+    for name, members in (("flagged", table[table["flagged"]]), ("unflagged", table[~table["flagged"]])):
+        absolute = members["error"].abs().to_numpy()
+        quality[name] = {"n": int(len(members)), "mae": float(absolute.mean()) if len(members) else None,
+                         "ci": {"mae": bootstrap_ci(_mean, absolute) if len(members) else None}}
+    for flag in sorted(set(table["quality_flag"].astype(str)), key=lambda flag: (flag != "ok", flag)):
+        members = table[table["quality_flag"].astype(str) == flag]
+        quality["by_flag"][flag] = {"n": int(len(members)), "mae": float(members["error"].abs().mean())}
+    record_columns = ["id", "male", "boneage", "boneage_pred", "boneage_low", "boneage_high", "quality_flag"]
+    by_id = table.assign(id=table["id"].astype(str)).set_index("id", drop=False)
+
+    def records(ids):
+        ids = [str(identifier) for identifier in ids]
+        unknown = sorted(set(ids) - set(by_id.index))
+        if unknown:
+            raise ValueError(f"ids not among the predictions: {unknown[:5]}")
+        return _records(by_id.loc[ids], record_columns)
+
+    return {
+        "findings_version": FINDINGS_VERSION,
+        "n": int(len(table)),
+        "sex_by_band": sex_by_band,
+        "quality_flags": quality,
+        "worst_cases": worst_case_profile(table),
+        "worst_shown": records(worst_ids),
+        "gallery": records(gallery_ids),
+        "gradcam": gradcam,
+    }
+
+
+def external_check(y_true, y_pred, low, high, *, ids=None, male=None, quality_flags=None, folder="",
+                   labels: str = "") -> dict:
+    """The external_check.json object: our model on images with a better reference (n small).
+
+    ``{available: true, folder, labels, n, mae, rmse, bias, within_12_pct, ci (accuracy_ci),
+    coverage_pct, ci_coverage_pct, mean_width, rows: [{id, male, boneage, boneage_pred,
+    boneage_low, boneage_high, quality_flag}]}``. `external_check_skipped` writes the other form.
+    """
+    y_true, y_pred = _paired_arrays(y_true, y_pred)
+    metrics = regression_metrics(y_true, y_pred)
+    intervals = interval_metrics(y_true, low, high, ci=True)
+    n = y_true.size
+    rows = pd.DataFrame({
+        "id": [str(identifier) for identifier in (ids if ids is not None else range(n))],
+        "male": np.asarray(male if male is not None else np.zeros(n), dtype=bool),
+        "boneage": y_true, "boneage_pred": y_pred,
+        "boneage_low": np.asarray(low, dtype=float).ravel(), "boneage_high": np.asarray(high, dtype=float).ravel(),
+        "quality_flag": np.asarray(quality_flags if quality_flags is not None else ["ok"] * n, dtype=object),
+    })
+    return {
+        "available": True,
+        "folder": str(folder),
+        "labels": labels,
+        "n": metrics["n"],
+        **{key: metrics[key] for key in ("mae", "rmse", "bias", "within_12_pct")},
+        "ci": accuracy_ci(y_true, y_pred),
+        "coverage_pct": intervals["coverage_pct"],
+        "ci_coverage_pct": intervals["ci"]["coverage_pct"],
+        "mean_width": intervals["mean_width"],
+        "rows": _records(rows, list(rows.columns)),
+    }
+
+
+def external_check_skipped(reason: str, folder="") -> dict:
+    """The external_check.json object when the check cannot run: ``{available: false, reason, folder}``."""
+    return {"available": False, "reason": reason, "folder": str(folder)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The metrics file
 # ---------------------------------------------------------------------------------------------

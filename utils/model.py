@@ -12,7 +12,15 @@ Two named architectures share the same inputs and output:
   images alone); the "male" input exists so that both models are called the same way, and is
   left unconnected.
 
-Both models take raw 0..255 pixels (rescaling is inside) and end with a Rescaling layer that
+- a keras.applications backbone (`parameters.BACKBONES`: EfficientNetV2-B0/S, ResNet50V2,
+  InceptionV3, ConvNeXt-Tiny; `utils/backbones.py`) without its classifier: the gray image
+  repeated into the 3 channels ImageNet networks read, each family's own preprocess_input as a
+  Keras layer (or the network's built-in rescaling), our augmentation, and our head (global
+  average pooling, dropout, sex after it, Dense, standardised age). Its last feature map is an
+  Identity layer named LAST_CONV_LAYER, so Grad-CAM finds it in every backbone. Random
+  initialisation, Keras' ImageNet weights, or a local weights file (`init_weights`).
+
+All models take raw 0..255 pixels (rescaling is inside) and end with a Rescaling layer that
 turns the standardised prediction into months, so that a saved .keras file is self-contained.
 """
 
@@ -26,7 +34,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from utils.parameters import ARCHITECTURES, NETWORK_OPTIONS
+from utils import backbones
+from utils.parameters import ARCHITECTURES, BACKBONE_OPTIONS, BACKBONES, NETWORK_OPTIONS
 from utils.preprocessing import tta_average
 
 LAST_CONV_LAYER = "last_conv"  # Grad-CAM (utils/explain.py) looks for this name
@@ -45,27 +54,35 @@ def build_model(
     target_mean: float,
     target_std: float,
     augment: bool = True,
+    backbone_weights=None,
     **options,
 ) -> keras.Model:
     """A Functional model: {"image": (S, S, 1) raw 0..255, "male": (1,) 0/1} -> months (None, 1).
 
     For "ours", `options` are the network parameters (`Parameters.network_options()`: every
     one of `parameters.NETWORK_OPTIONS`, whose values live in presets.yaml). For the seed
-    baseline they may override SEED_BASELINE_DEFAULTS (tests use smaller widths).
+    baseline they may override SEED_BASELINE_DEFAULTS (tests use smaller widths). For a
+    keras.applications backbone they are `Parameters.backbone_options()` (head and
+    augmentation), and `backbone_weights` is None (random), "imagenet" (Keras downloads them)
+    or a keras.applications .h5 weights file (`backbones.resolve_init_weights` decides which).
     Augmentation layers are active only when the model is called with training=True.
+    Under a mixed-precision policy (`set_precision`) the output layer stays float32.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
     if not target_std > 0:
         raise ValueError(f"target_std must be positive, got {target_std}")
-    known = NETWORK_OPTIONS if architecture == "ours" else tuple(SEED_BASELINE_DEFAULTS)
+    if backbone_weights is not None and architecture not in BACKBONES:
+        raise ValueError(f"backbone_weights are for keras.applications backbones, not {architecture!r}")
+    known = {"ours": NETWORK_OPTIONS, "seed_baseline": tuple(SEED_BASELINE_DEFAULTS)}.get(architecture, BACKBONE_OPTIONS)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for architecture {architecture!r}; known: {sorted(known)}")
-    if architecture == "ours":
-        missing = sorted(set(NETWORK_OPTIONS) - set(options))
+    if architecture != "seed_baseline":
+        missing = sorted(set(known) - set(options))
         if missing:
-            raise ValueError(f"missing option(s) {missing} of our network (see Parameters.network_options())")
+            raise ValueError(f"missing option(s) {missing} of the {architecture!r} network "
+                             "(see Parameters.network_options() and backbone_options())")
         settings = dict(options)
     else:
         settings = {**SEED_BASELINE_DEFAULTS, **options}
@@ -75,24 +92,34 @@ def build_model(
     if architecture == "ours":
         augmentation = _ours_augmentation(settings) if augment else []
         standardised = _ours_network(_apply(augmentation, image), male, settings)
+    elif architecture in BACKBONES:
+        augmentation = _ours_augmentation(settings) if augment else []
+        standardised = _backbone_network(_apply(augmentation, image), male, architecture, settings, backbone_weights)
     else:
         augmentation = _seed_augmentation() if augment else []
         standardised = _seed_network(_apply(augmentation, image), settings)
-    # The network predicts the standardised age; this layer turns it into months.
-    months = layers.Rescaling(scale=float(target_std), offset=float(target_mean), name=OUTPUT_LAYER)(standardised)
+    # The network predicts the standardised age; this layer turns it into months (in float32
+    # under mixed precision: the months and the loss need its range and precision).
+    mixed = keras.mixed_precision.global_policy().name.startswith("mixed")
+    months = layers.Rescaling(scale=float(target_std), offset=float(target_mean), name=OUTPUT_LAYER,
+                              **({"dtype": "float32"} if mixed else {}))(standardised)
     return keras.Model({"image": image, "male": male}, months, name=f"bone_age_{architecture}")
 
 
-def build_for_run(parameters, *, target_mean: float, target_std: float, architecture: str | None = None) -> keras.Model:
-    """The network a run's `Parameters` describe (its own architecture unless `architecture` is given)."""
+def build_for_run(parameters, *, target_mean: float, target_std: float, architecture: str | None = None,
+                  backbone_weights=None) -> keras.Model:
+    """The network a run's `Parameters` describe (its own architecture unless `architecture` is given);
+    `backbone_weights` as `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
     architecture = architecture or parameters.architecture
+    options = {"ours": parameters.network_options, "seed_baseline": dict}.get(architecture, parameters.backbone_options)()
     return build_model(
         parameters.image_size,
         architecture=architecture,
         target_mean=target_mean,
         target_std=target_std,
         augment=parameters.augment,
-        **(parameters.network_options() if architecture == "ours" else {}),
+        backbone_weights=backbone_weights,
+        **options,
     )
 
 
@@ -142,6 +169,11 @@ def _ours_network(image, male, settings: dict):
                 x = _conv_bn_relu(x, width, name, stride=1, momentum=momentum)
         if stage < len(widths):
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    return _head(x, male, settings)
+
+
+def _head(x, male, settings: dict):
+    """Pooling, dropout, sex, Dense, the standardised age: our network's head, on any feature map."""
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(settings["dropout"], name="head_dropout")(x)
     # Sex after pooling: it shifts the age estimate, it does not change what the filters see.
@@ -150,6 +182,31 @@ def _ours_network(image, male, settings: dict):
     x = layers.Concatenate(name="with_sex")([x, male])
     x = layers.Dense(settings["dense_units"], activation="relu", name="head_dense")(x)
     return layers.Dense(1, name="standardised_age")(x)
+
+
+def _backbone_network(image, male, architecture: str, settings: dict, weights):
+    """A keras.applications network without its classifier, fed the way its family expects, and our head.
+
+    The network's layers join this model's graph (`input_tensor`), rather than nesting as one
+    layer, so that Grad-CAM and `backbone_layers` see them. Keras loads ImageNet or local .h5
+    weights by layer order, which the layers before it (without weights) do not disturb.
+    """
+    spec = backbones.SPECS[architecture]
+    # ImageNet networks read RGB: the same gray in each channel.
+    x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
+    if spec.preprocessing == "tf":
+        # keras.applications' preprocess_input(mode="tf"): pixels / 127.5 - 1.
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="imagenet_preprocess")(x)
+    weights = None if weights is None else str(weights)
+    network = getattr(keras.applications, spec.constructor)(include_top=False, weights=weights, input_tensor=x)
+    return _head(layers.Identity(name=LAST_CONV_LAYER)(network.output), male, settings)
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The layers `freeze_backbone_epochs` freezes: those with weights before the global pooling
+    (a 4-D output: the convolutional part, whatever the network), not the head after it."""
+    return [layer for layer in model.layers
+            if layer.weights and not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4]
 
 
 def _conv_bn_relu(x, filters: int, name: str, *, stride: int, momentum: float):
@@ -201,6 +258,8 @@ def compile_model(
     huber_delta: float | None = None,
     ema: bool = False,
     ema_momentum: float = 0.99,
+    freeze_steps: int = 0,
+    finetune_factor: float = 1.0,
 ) -> keras.Model:
     """Compile with the architecture's optimiser and loss; the metric "mae" is in months.
 
@@ -212,12 +271,14 @@ def compile_model(
     saved model that needs no custom objects. `huber_delta` is in standard deviations.
     For "ours", `weight_decay`, `loss` and `huber_delta` are required
     (`Parameters.training_options()`); `ema` keeps a moving average of the weights, which
-    `training.train_model` evaluates and keeps.
+    `training.train_model` evaluates and keeps. A keras.applications backbone trains like ours.
+    With `freeze_steps` (training.train_model's frozen backbone), the schedule's learning rate
+    is multiplied by `finetune_factor` from that step on (`FineTuneSchedule`).
     """
     if architecture == "seed_baseline":
         optimizer = keras.optimizers.Adam(learning_rate)
         loss = keras.losses.MeanAbsoluteError()
-    elif architecture == "ours":
+    elif architecture == "ours" or architecture in BACKBONES:
         if weight_decay is None or loss not in ("huber", "l1") or (loss == "huber" and huber_delta is None):
             raise ValueError("our network needs weight_decay, loss ('huber' or 'l1') and, for huber, huber_delta")
         total_steps = max(1, steps_per_epoch * epochs)
@@ -229,6 +290,8 @@ def compile_model(
             decay_steps=max(1, total_steps - warmup_steps),
             alpha=0.01,
         )
+        if freeze_steps:
+            schedule = FineTuneSchedule(schedule, boundary=freeze_steps, factor=finetune_factor)
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, use_ema=ema, ema_momentum=ema_momentum)
         target_std = float(model.get_layer(OUTPUT_LAYER).scale)
         loss = keras.losses.Huber(delta=huber_delta * target_std) if loss == "huber" else keras.losses.MeanAbsoluteError()
@@ -236,6 +299,68 @@ def compile_model(
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
     model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
     return model
+
+
+@keras.saving.register_keras_serializable(package="bone_age")
+class FineTuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Fine-tuning: `schedule`'s learning rate while the head trains alone (steps < `boundary`),
+    times `factor` once the whole network trains (the pretrained features move less than the
+    new head). Registered, so that checkpoints with their optimizer load again."""
+
+    def __init__(self, schedule, boundary: int, factor: float):
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        self.schedule, self.boundary, self.factor = schedule, int(boundary), float(factor)
+
+    def __call__(self, step):
+        rate = self.schedule(step)
+        return keras.ops.where(keras.ops.less(step, self.boundary), rate, rate * self.factor)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "boundary": self.boundary,
+                "factor": self.factor}
+
+
+def set_precision(policy: str) -> None:
+    """Keras' global dtype policy for the models built from now on: a mode of
+    `parameters.MIXED_PRECISION` ("none" is float32). mixed_float16 is for GPUs (Keras then
+    scales the loss); on this CPU float32 is the fastest (results/benchmarks/mixed_precision.json)."""
+    keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
+
+
+def to_float32(model: keras.Model) -> keras.Model:
+    """The same network and weights computing in float32: what a mixed-precision run ships, so that
+    the .keras file and its ONNX export run on any CPU (float16 kernels are slow or missing there)."""
+    def as_float32(value):
+        if isinstance(value, dict):
+            if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name", "")).startswith("mixed"):
+                return {**value, "config": {**value["config"], "name": "float32"}}
+            return {key: as_float32(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [as_float32(item) for item in value]
+        return value
+
+    copy = model.__class__.from_config(as_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def distribution_strategy(distribution: str):
+    """None for "none"; for "mirrored", a tf.distribute.MirroredStrategy over every visible GPU or,
+    without one, over the logical CPU devices (several only where a test configured them with
+    tf.config.set_logical_device_configuration before TensorFlow started; one CPU device makes a
+    strategy of one replica). Build the model in `strategy.scope()` and pass the strategy to
+    training.train_model. Multi-worker training is not offered: with Keras 3 on TensorFlow,
+    MultiWorkerMirroredStrategy fails at the first step (keras-team/keras#20585)."""
+    if distribution == "none":
+        return None
+    if distribution != "mirrored":
+        raise ValueError(f"unknown distribution {distribution!r}; expected none or mirrored")
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def augmentation_pipeline(model: keras.Model) -> keras.Sequential:

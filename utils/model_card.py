@@ -40,7 +40,7 @@ from pathlib import Path
 
 from utils import config
 from utils.conformal import ConformalInterval
-from utils.files import write_json_atomic
+from utils.files import atomic_path, write_json_atomic
 from utils.parameters import CONTRASTS, normalise_tta
 from utils.quality import QualityReference
 
@@ -247,6 +247,20 @@ class ModelCard:
         """Write the card to `path` atomically (a crash never leaves half a card)."""
         return write_json_atomic(path, self.to_dict())
 
+    def to_markdown(self, metrics: dict | None = None) -> str:
+        """The card for people (MODEL_CARD.md): intended and out-of-scope use, data and licence,
+        preprocessing, metrics with their 95% intervals, subgroups, known failure modes, and the
+        command and commit. `metrics` is the run's performance_metrics.json (for the intervals
+        and subgroups); without it, the card's headline metrics only."""
+        return _markdown_card(self, metrics)
+
+    def write_markdown(self, path, metrics: dict | None = None) -> Path:
+        """Write `to_markdown(metrics)` to `path` atomically."""
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            Path(temporary).write_text(self.to_markdown(metrics), encoding="utf-8")
+        return path
+
     @classmethod
     def read(cls, path) -> "ModelCard":
         """The card of a model_card.json; a ValueError naming the file says what is wrong with it
@@ -334,3 +348,188 @@ def _rerun_command(data: dict) -> str:
     parameters = data.get("parameters")
     preset = parameters.get("preset") if isinstance(parameters, dict) else None
     return f"python -m utils.pipeline --preset {preset or '<preset>'} --stages {RERUN_STAGES}"
+
+
+# ---------------------------------------------------------------------------------------------
+# MODEL_CARD.md: the card for people
+# ---------------------------------------------------------------------------------------------
+
+RSNA_CITATION = ("Halabi S.S. et al., \"The RSNA Pediatric Bone Age Machine Learning Challenge\", "
+                 "Radiology 2019;290(2):498-503")
+_CONTRASTS_TEXT = {"clahe": "contrast-limited adaptive histogram equalisation (CLAHE)",
+                   "percentile": "a percentile contrast stretch", "none": "no contrast normalisation"}
+_HAND_CROPS_TEXT = {"none": "not cropped (the whole frame)", "box": "cropped to the bounding box of the hand (largest bright component)",
+                    "rotated": "cropped to the hand and turned upright"}
+
+
+def _number(value, digits: int = 1, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:{'+' if signed else ''}.{digits}f}"
+
+
+def _with_ci(entry: dict, key: str, digits: int = 1, signed: bool = False) -> str:
+    """'9.8 (95% CI 9.3 to 10.2)', or the value alone when the entry has no interval of `key`."""
+    interval = (entry.get("ci") or {}).get(key)
+    text = _number(entry.get(key), digits, signed)
+    if interval:
+        text += f" ({_number(interval['low'], digits, signed)} to {_number(interval['high'], digits, signed)})"
+    return text
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows[1:]]
+
+
+def _data_lines(parameters: dict, split_counts: dict) -> list[str]:
+    dataset = str(parameters.get("dataset", ""))
+    counts = ", ".join(f"{name} {count:,}" for name, count in split_counts.items())
+    if dataset == "synthetic":
+        return [f"- Synthetic hand radiographs drawn by `utils/synthetic.py` ({counts}); their skeletal "
+                "maturity follows age and sex. No patient data, so no data licence applies, and no claim "
+                "about real radiographs follows from this model."]
+    lines = [f"- `{dataset}` ({counts}), split at random, stratified by age band and sex; the test split took "
+             "no part in training or model selection."]
+    if "rsna" in dataset.lower():
+        lines += [
+            "- Source: the RSNA Pediatric Bone Age Challenge 2017 data (" + RSNA_CITATION + "). Labels are one "
+            "radiologist's clinical reading (Greulich & Pyle), in whole months.",
+            "- Licence: non-commercial research and education only, with attribution to the RSNA and to "
+            + RSNA_CITATION + ". The images are not redistributed with the model.",
+        ]
+        if "100" in dataset:
+            lines.append("- The images are 100 x 100 pixel thumbnails, stretched to a square without keeping the "
+                         "aspect ratio: fine detail of the growth plates is lost.")
+    else:
+        lines.append("- Licence and labelling protocol: as given by the data set's provider.")
+    return lines
+
+
+def _failure_modes(metrics: dict | None) -> list[str]:
+    modes = []
+    if metrics:
+        bands = metrics.get("by_age_band") or {}
+        trend = metrics.get("regression_to_mean") or {}
+        slope_interval = (trend.get("ci") or {}).get("slope") or {}
+        if trend.get("slope") is not None and bands and trend["slope"] < 0 and slope_interval.get("high", 0) < 0:
+            first, last = next(iter(bands)), list(bands)[-1]
+            modes.append(f"Regression towards the mean: the residual falls by {_number(-100 * trend['slope'], 1)} "
+                         f"months per 100 months of true age; bias {_number(bands[first].get('bias'), 1, True)} "
+                         f"months in {first} and {_number(bands[last].get('bias'), 1, True)} in {last}. The "
+                         "youngest children are read too old and the oldest too young.")
+        if bands:
+            worst = max(bands, key=lambda band: bands[band].get("mae") or 0)
+            modes.append(f"The largest errors are in the {worst} band (MAE {_with_ci(bands[worst], 'mae')} months, "
+                         f"n = {bands[worst].get('n')})."
+                         + (" Bands with fewer than 30 test images: "
+                            + ", ".join(band for band, entry in bands.items() if entry.get("few_images"))
+                            + "; their numbers are imprecise." if any(entry.get("few_images")
+                                                                      for entry in bands.values()) else ""))
+        interval = metrics.get("prediction_interval") or {}
+        nominal = interval.get("nominal_pct")
+        short = [band for band, entry in (interval.get("by_age_band") or {}).items()
+                 if nominal is not None and ((entry.get("ci") or {}).get("coverage_pct") or {}).get("high", 100) < nominal]
+        if short:
+            modes.append(f"The {_number(nominal, 0)}% intervals cover too rarely in {', '.join(short)} (the whole "
+                         "95% confidence interval of the coverage is below the nominal level).")
+    modes += [
+        "Images unlike the training radiographs (blank, inverted, rotated, not a hand, another body part) still "
+        "get an age; the quality flag marks them, and such predictions must be discarded.",
+        "Trained and tested on one data source: accuracy on other hospitals, scanners, populations or "
+        "acquisition protocols is unknown.",
+    ]
+    return modes
+
+
+def _markdown_card(card: "ModelCard", metrics: dict | None) -> str:
+    parameters = card.parameters
+    run = parameters.get("run_name") or "run"
+    source = metrics or {"n": None, **card.metrics}
+    model = (metrics or {}).get("model") or {}
+    interval = (metrics or {}).get("prediction_interval") or {}
+    nominal = interval.get("nominal_pct") or 100 * card.calibration.get("coverage", 0.9)
+    lines = [
+        f"# Model card: bone-age model `{run}`",
+        "",
+        "*Research software. Not a medical device, not cleared or approved by any regulator; not for "
+        "diagnosis, treatment or any other clinical decision.*",
+        "",
+        "## Model",
+        "",
+        f"- A convolutional network (`{parameters.get('architecture', 'ours')}`"
+        + (f", {model['parameters_count']:,} parameters" if model.get("parameters_count") else "")
+        + f") that reads a left-hand radiograph ({card.image_size} x {card.image_size} pixels, grayscale) and the "
+        "child's sex, and returns bone age in months with a "
+        f"{_number(nominal, 0)}% prediction interval (split-conformal, `{card.calibration.get('method', '')}`) and "
+        "an image-quality flag.",
+        f"- Files: `{card.model}` (Keras), `bone_age.onnx` (the same network for ONNX Runtime), `model_card.json` "
+        "(what the prediction command needs). Run it with `python -m utils.predict IMAGE --sex M|F`.",
+        "",
+        "## Intended use",
+        "",
+        "- Research and teaching: methods for automated bone-age assessment, benchmarks, error analysis, "
+        "demonstrations of a reproducible pipeline.",
+        "",
+        "## Out-of-scope use",
+        "",
+        "- Any clinical use: diagnosis or monitoring of growth disorders, treatment decisions, screening.",
+        "- Forensic or legal age estimation (for example of asylum seekers or athletes).",
+        "- Adults, right hands, other body parts, or images the quality flag marks.",
+        "- Populations, hospitals or scanners it has not been validated on.",
+        "",
+        "## Data and licence",
+        "",
+        *_data_lines(parameters, card.split_counts),
+        "",
+        "## Preprocessing",
+        "",
+        f"- Decoded to 8-bit grayscale; {_HAND_CROPS_TEXT.get(card.preprocessing.hand_crop, card.preprocessing.hand_crop)}; "
+        + ("padded to a square (aspect ratio kept)" if card.preprocessing.pad_to_square
+           else "stretched to a square (aspect ratio not kept)")
+        + f"; resized to {card.image_size} x {card.image_size} pixels; "
+        f"{_CONTRASTS_TEXT.get(card.preprocessing.contrast, card.preprocessing.contrast)}.",
+        f"- Test-time augmentation: `{card.tta}`. The target is standardised with the training mean "
+        f"{card.target_mean:.1f} months and SD {card.target_std:.1f} months.",
+        "",
+        f"## Metrics (test split{', n = ' + format(source['n'], ',') if source.get('n') else ''})",
+        "",
+        "95% confidence intervals in parentheses (bootstrap over the test images)." if metrics else
+        "Headline numbers of the test split (no intervals: this card was written without the metrics file).",
+        "",
+    ]
+    rows = [["Metric", "Value"],
+            ["MAE (months)", _with_ci(source, "mae", 2)],
+            ["RMSE (months)", _with_ci(source, "rmse", 2)],
+            ["Bias, predicted - true (months)", _with_ci(source, "bias", 2, True)],
+            ["Within 12 months (%)", _with_ci(source, "within_12_pct")]]
+    if interval:
+        rows.append([f"Interval coverage (%), nominal {_number(nominal, 0)}%", _with_ci(interval, "coverage_pct")])
+        rows.append(["Mean interval width (months)", _number(interval.get("mean_width"))])
+    if metrics and metrics.get("baseline_mae_mean_predictor") is not None:
+        rows.append(["MAE of predicting the training mean (months)", _number(metrics["baseline_mae_mean_predictor"], 2)])
+    baseline = (metrics or {}).get("seed_baseline") or {}
+    difference = baseline.get("paired_mae_difference")
+    if difference:
+        rows.append(["Seed baseline MAE minus ours (months, paired)",
+                     f"{_number(difference['difference'], 2, True)} ({_number(difference['low'], 2, True)} to "
+                     f"{_number(difference['high'], 2, True)})"])
+    lines += _markdown_table(rows)
+    if metrics:
+        coverage_by = {**(interval.get("by_sex") or {}), **(interval.get("by_age_band") or {})}
+        lines += ["", "## Subgroups", ""]
+        group_rows = [["Group", "n", "MAE (months)", "Bias (months)", "Within 12 months (%)", "Coverage (%)"]]
+        for name in ("by_sex", "by_age_band"):
+            for group, entry in (metrics.get(name) or {}).items():
+                flag = " (few images)" if entry.get("few_images") else ""
+                group_rows.append([f"{group}{flag}", entry.get("n"), _with_ci(entry, "mae", 1),
+                                   _with_ci(entry, "bias", 1, True), _number(entry.get("within_12_pct")),
+                                   _with_ci(coverage_by.get(group) or {}, "coverage_pct")])
+        lines += _markdown_table(group_rows)
+        lines += ["", "Age bands are bands of the true (reference) bone age."]
+    lines += ["", "## Known failure modes", "", *(f"- {mode}" for mode in _failure_modes(metrics)), "",
+              "## Reproduce", "",
+              f"- Command: `{card.command}`",
+              f"- Commit: `{card.git_commit}`",
+              f"- Created: {card.created_utc}", ""]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ average their test-time augmentation through `preprocessing.tta_average`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ def export_onnx(model, onnx_path) -> Path:
     if not isinstance(model, keras.Model):
         model = keras.models.load_model(model, compile=False)
     inference_model = _inference_model(model)
-    with atomic_path(onnx_path) as temporary:
+    with atomic_path(onnx_path) as temporary, warnings.catch_warnings():
+        # Keras' bundled tf2onnx probes `np.object` when imported, which NumPy answers with a
+        # FutureWarning about its own future: noise in every stage 04 notebook, not ours to fix.
+        warnings.filterwarnings("ignore", message=".*np\\.object.*", category=FutureWarning)
         try:
             inference_model.export(
                 str(temporary), format="onnx", verbose=False, input_signature=_input_signature(model)

@@ -23,7 +23,15 @@ from utils.config import PRESETS_FILE, SPLITS
 
 CONTRASTS = ("clahe", "percentile", "none")
 HAND_CROPS = ("none", "box", "rotated")
-ARCHITECTURES = ("ours", "seed_baseline")
+# keras.applications networks with our head (sex after pooling, the same output layer); what each
+# needs (constructor, preprocessing, ImageNet weights file) is in utils/backbones.py.
+BACKBONES = ("efficientnetv2b0", "efficientnetv2s", "resnet50v2", "inceptionv3", "convnext_tiny")
+ARCHITECTURES = ("ours", "seed_baseline", *BACKBONES)
+# Smallest input side each keras.applications network accepts (its own checks, stated up front).
+BACKBONE_MIN_IMAGE_SIZE = {"inceptionv3": 75}
+IMAGENET = "imagenet"  # init_weights: Keras' ImageNet weights of a keras.applications backbone
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTIONS = ("none", "mirrored")
 BLOCKS = ("plain", "residual")
 LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
@@ -164,7 +172,8 @@ class Parameters:
     contrast: str = _parameter(_choice(*CONTRASTS), "contrast normalisation")
     hand_crop: str = _parameter(_choice(*HAND_CROPS), "crop to the hand before resizing")
     # network
-    architecture: str = _parameter(_choice(*ARCHITECTURES), "our network or the seed study's")
+    architecture: str = _parameter(_choice(*ARCHITECTURES), "our network, the seed study's, or a keras.applications "
+                                   "backbone with our head")
     widths: tuple = _parameter(_widths, "filters per stage of 'ours'")
     convs_per_stage: int = _parameter(_integer(1, 8), "3x3 convolutions (or residual blocks) per stage")
     block: str = _parameter(_choice(*BLOCKS), "plain conv-BN-ReLU stacks or residual blocks")
@@ -172,11 +181,22 @@ class Parameters:
     dropout: float = _parameter(_number(0.0, below=1.0), "dropout before the head")
     dense_units: int = _parameter(_integer(1), "units of the head's hidden layer")
     batchnorm_momentum: float = _parameter(_number(above=0.0, below=1.0), "BatchNorm moving-average momentum")
-    init_weights: str | None = _parameter(_optional(_text), "a .keras or .weights.h5 file to start from")
+    init_weights: str | None = _parameter(_optional(_text), "'imagenet' (Keras' weights of a keras.applications "
+                                          "backbone), a keras.applications .h5 weights file, or a .keras / "
+                                          ".weights.h5 file of a run to start from")
+    freeze_backbone_epochs: int = _parameter(_integer(0), "epochs that train the head alone before everything trains")
+    finetune_learning_rate_factor: float = _parameter(_number(above=0.0, maximum=1.0),
+                                                      "learning rate after the frozen epochs, as a fraction of the schedule's")
     # training
     epochs: int = _parameter(_integer(1), "maximum epochs")
-    batch_size: int = _parameter(_integer(1, 4096), "images per step")
+    batch_size: int = _parameter(_integer(1, 4096), "images per step, over all devices together")
     learning_rate: float = _parameter(_number(above=0.0, maximum=1.0), "peak learning rate")
+    learning_rate_reference_batch: int | None = _parameter(
+        _optional(_integer(1)), "null: learning_rate as given; N: learning_rate is the peak for N images per step "
+                                "and scales linearly with batch_size")
+    mixed_precision: str = _parameter(_choice(*MIXED_PRECISION), "Keras dtype policy while training (none: float32)")
+    distribution: str = _parameter(_choice(*DISTRIBUTIONS), "none, or mirrored: tf.distribute.MirroredStrategy over "
+                                                           "all visible GPUs (or the logical CPU devices)")
     weight_decay: float = _parameter(_number(0.0, maximum=1.0), "AdamW decoupled weight decay")
     loss: str = _parameter(_choice(*LOSSES), "loss on the standardised age")
     huber_delta: float = _parameter(_number(above=0.0), "Huber delta in standard deviations of the age")
@@ -199,12 +219,24 @@ class Parameters:
     report_at_root: bool = _parameter(_boolean, "also copy Report.pdf to the repository root")
 
     @property
+    def peak_learning_rate(self) -> float:
+        """The learning rate training uses: `learning_rate`, scaled linearly to `batch_size` when
+        `learning_rate_reference_batch` is set (Goyal et al. 2017; the warm-up keeps the start stable)."""
+        if self.learning_rate_reference_batch is None:
+            return self.learning_rate
+        return self.learning_rate * self.batch_size / self.learning_rate_reference_batch
+
+    @property
     def time_budget_seconds(self) -> float | None:
         return None if self.time_budget_minutes is None else self.time_budget_minutes * 60
 
     def network_options(self) -> dict:
         """The options of `model.build_model` for our network."""
         return {name: getattr(self, name) for name in NETWORK_OPTIONS}
+
+    def backbone_options(self) -> dict:
+        """The options of `model.build_model` for a keras.applications backbone (head and augmentation)."""
+        return {name: getattr(self, name) for name in BACKBONE_OPTIONS}
 
     def training_options(self) -> dict:
         """The options of `model.compile_model` for our network."""
@@ -224,6 +256,9 @@ NETWORK_OPTIONS = ("widths", "convs_per_stage", "block", "stem_stride", "dropout
                    "batchnorm_momentum", "augment_rotation_degrees", "augment_shift", "augment_zoom",
                    "augment_contrast", "augment_brightness", "augment_flip")
 TRAINING_OPTIONS = ("weight_decay", "loss", "huber_delta", "ema", "ema_momentum")
+# A keras.applications backbone takes our head and augmentation; its own layers are not parameters.
+BACKBONE_OPTIONS = ("dropout", "dense_units", "augment_rotation_degrees", "augment_shift", "augment_zoom",
+                    "augment_contrast", "augment_brightness", "augment_flip")
 NAMES = tuple(item.name for item in dataclasses.fields(Parameters))
 
 
@@ -272,6 +307,20 @@ def _validated(values: dict) -> Parameters:
             clean[item.name] = item.metadata["check"](value)
         except ValueError as error:
             problems.append(f"{item.name}: {error}, got {value!r}")
+    if not problems:
+        problems = _combination_problems(clean)
     if problems:
         raise ValueError("invalid parameter(s):\n  " + "\n  ".join(problems))
     return Parameters(**clean)
+
+
+def _combination_problems(values: dict) -> list[str]:
+    """Values that are fine alone but not together."""
+    problems = []
+    architecture, size = values["architecture"], values["image_size"]
+    if size < BACKBONE_MIN_IMAGE_SIZE.get(architecture, 0):
+        problems.append(f"image_size: {architecture} needs at least {BACKBONE_MIN_IMAGE_SIZE[architecture]} px, got {size}")
+    if values["init_weights"] == IMAGENET and architecture not in BACKBONES:
+        problems.append(f"init_weights: 'imagenet' needs a keras.applications backbone ({', '.join(BACKBONES)}); "
+                        f"architecture is {architecture!r}")
+    return problems

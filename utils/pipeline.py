@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from datetime import datetime
@@ -31,6 +32,10 @@ from utils.parameters import load_parameters
 from utils.files import atomic_path, write_json_atomic
 
 KERNEL_NAME = "bone-age"
+# The kernels leave what libraries write straight to the process's stderr (TensorFlow's oneDNN
+# and absl start-up lines, which TF_CPP_MIN_LOG_LEVEL does not silence) in the runner's terminal
+# instead of copying it into the notebooks; Python output, warnings and errors still go there.
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 STAGES = ["01_eda", "02_preprocessing", "03_training", "04_evaluation", "05_error_analysis"]
 SUMMARY_NOTEBOOK = config.PROJECT_ROOT / "bone-age.ipynb"
@@ -100,25 +105,36 @@ def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, t
 
     output.parent.mkdir(parents=True, exist_ok=True)
     running, failed = config.notebook_attempt(output, "running"), config.notebook_attempt(output, "failed")
+    ctrl_c = _CtrlC()
     status = 1
     started = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(running),
-            parameters={"preset": preset, "overrides": overrides},
-            kernel_name=KERNEL_NAME,
-            cwd=str(source.parent),
-            progress_bar=True,
-            execution_timeout=timeout,
-        )
+        with ctrl_c.installed():
+            papermill.execute_notebook(
+                str(source),
+                str(running),
+                parameters={"preset": preset, "overrides": overrides},
+                kernel_name=KERNEL_NAME,
+                cwd=str(source.parent),
+                progress_bar=True,
+                execution_timeout=timeout,
+                # A cell past the timeout is interrupted (KeyboardInterrupt in the kernel, which stops
+                # cleanly), rather than the kernel being shut down in the middle of its work.
+                interrupt_on_timeout=True,
+                error_on_timeout={"ename": "CellTimeout", "evalue": f"longer than {timeout} s", "traceback": []},
+                kernel_manager_class=ctrl_c.kernel_manager_class(),
+                extra_arguments=KERNEL_ARGUMENTS,
+            )
     except PapermillExecutionError as error:
-        cell, cause = _describe_cell(running, error.cell_index, error.exec_count), f"{error.ename}: {error.evalue}"
-    except CellTimeoutError:
+        cell = _describe_cell(running, error.cell_index, error.exec_count, error.source)
+        # Without a Ctrl-C, a KeyboardInterrupt in a cell is the interruption at the timeout.
+        timed_out = error.ename in ("KeyboardInterrupt", "CellTimeout")
+        cause = f"the cell ran longer than --timeout {timeout} s" if timed_out else f"{error.ename}: {error.evalue}"
+    except CellTimeoutError:  # the interrupted kernel did not answer either
         cell, cause = _describe_cell(running), f"the cell ran longer than --timeout {timeout} s"
     except DeadKernelError:
         cell, cause = _describe_cell(running), DEAD_KERNEL
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel ran
         cell, cause, status = _describe_cell(running), "interrupted (Ctrl-C)", INTERRUPTED_STATUS
     except Exception as error:  # the kernel did not start, a parameter papermill refused, a file error
         cell, cause = _describe_cell(running), f"{type(error).__name__}: {error}"
@@ -128,6 +144,8 @@ def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, t
         for stale in (failed, failed.with_suffix(".html")):
             stale.unlink(missing_ok=True)
         return time.perf_counter() - started
+    if ctrl_c.pressed:
+        cause, status = "interrupted (Ctrl-C)", INTERRUPTED_STATUS
     kept = "no notebook was written"
     if running.exists():
         os.replace(running, failed)
@@ -138,26 +156,74 @@ def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, t
     raise StageFailed(f"{source.name} failed in {cell}: {cause}\n  {kept}", status)
 
 
-def _describe_cell(notebook_path: Path, index: int | None = None, execution_count: int | None = None) -> str:
-    """`cell 7 (execution count 5: first line of its code)`; without `index`, the cell that was
-    running when execution stopped (the last one papermill started)."""
-    import nbformat
+class _CtrlC:
+    """Ctrl-C while a stage runs. The kernel runs in its own session, so the terminal's SIGINT
+    reaches only this process: the first Ctrl-C is passed on to the kernel, whose cell stops
+    with a KeyboardInterrupt (training between two batches, its checkpoints intact) and is
+    recorded as the cell's error; a second one stops at once."""
 
-    try:
-        cells = nbformat.read(notebook_path, as_version=4).cells
-    except Exception:  # not written yet, or written half by a killed run
-        cells = []
+    def __init__(self):
+        self.pressed = False
+        self.managers = []
+
+    def kernel_manager_class(self):
+        """papermill's kernel manager, made to remember its instances (papermill keeps them to itself)."""
+        from jupyter_client import AsyncKernelManager
+
+        managers = self.managers
+
+        class RememberedKernelManager(AsyncKernelManager):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                managers.append(self)
+
+        return RememberedKernelManager
+
+    @contextlib.contextmanager
+    def installed(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum, frame):
+        kernels = [process for manager in self.managers
+                   if (process := getattr(manager.provisioner, "process", None)) is not None and process.poll() is None]
+        if self.pressed or not kernels:
+            self.pressed = True
+            raise KeyboardInterrupt
+        self.pressed = True
+        print("\ninterrupting the running cell (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        for process in kernels:
+            process.send_signal(signal.SIGINT)
+
+
+def _describe_cell(notebook_path: Path, index=None, execution_count=None, source=None) -> str:
+    """`cell 7 (execution count 5: <first line of its code>)`; without `index`, the cell that was
+    running when execution stopped (the last one papermill started, read from the notebook)."""
     if index is None:
-        started = [number for number, cell in enumerate(cells) if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+        import nbformat
+
+        try:
+            cells = nbformat.read(notebook_path, as_version=4).cells
+        except Exception:  # not written yet, or written half by a killed run
+            cells = []
+        started = [number for number, cell in enumerate(cells)
+                   if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
         if not started:
-            return "no cell (before the first cell ran)"
+            return "no cell (the kernel stopped before the first cell ran)"
         index = started[-1]
-    if index < len(cells):
-        execution_count = cells[index].get("execution_count") if execution_count is None else execution_count
-        first_line = next((line.strip() for line in cells[index].source.splitlines() if line.strip()), "")
-        first_line = first_line if len(first_line) <= 60 else first_line[:57] + "..."
-        return f"cell {index} (execution count {execution_count}: {first_line})"
-    return f"cell {index} (execution count {execution_count})"
+        execution_count, source = cells[index].get("execution_count"), cells[index].source
+    first_line = next((line.strip() for line in (source or "").splitlines() if line.strip()), "")
+    first_line = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+    count = "not executed" if execution_count is None else f"execution count {execution_count}"
+    return f"cell {index} ({count}: {first_line})" if first_line else f"cell {index} ({count})"
 
 
 def write_html(notebook_path: Path) -> None:
@@ -260,6 +326,11 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
     The run holds its lock (`RunPaths.lock`) throughout: a second run of the same name is refused.
     """
     parameters = load_parameters(preset, overrides)
+    if TRAINING_STAGE in stages:
+        # Weights that init_weights names and this machine lacks stop the run now, not in stage 03.
+        from utils.backbones import resolve_init_weights
+
+        resolve_init_weights(parameters.architecture, parameters.init_weights)
     paths = config.RunPaths(parameters.run_name)
     with run_lock(paths):
         return _run_locked(parameters, paths, preset, overrides, stages, timeout, report)
@@ -268,8 +339,9 @@ def run(preset: str, overrides: dict, stages: list[str], timeout: int, report: b
 def _run_locked(parameters, paths: config.RunPaths, preset, overrides, stages, timeout, report) -> dict:
     paths.make()
     ensure_kernel()
-    # Quieter TensorFlow in the kernels, which inherit this environment.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Quieter TensorFlow in the kernels, which inherit this environment (set before any kernel
+    # imports TensorFlow); what it still prints at start-up stays out of the notebooks (KERNEL_ARGUMENTS).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     print(f"run {parameters.run_name!r} (preset {preset}) -> {paths.results}", flush=True)
 
     timings_path = paths.stage_timings

@@ -24,6 +24,7 @@ MEAN_PREDICTOR_COLOR = "#7F7F7F"
 FEMALE_COLOR = "#CC79A7"
 MALE_COLOR = "#009E73"
 TREND_COLOR = "#222222"
+CHART_DISCLAIMER = "Research software, not a medical device: not for clinical decisions."
 
 # Sized for a half-page figure in an A4 report: fonts stay legible when scaled to ~16 cm.
 _STYLE = {
@@ -117,21 +118,34 @@ def age_distribution(table):
 
 
 @_styled
-def image_grid(images, titles, ncols: int = 8, title: str = "Sample images"):
-    """Gray images (N, S, S) uint8 in a grid without axes, one short title each."""
+def image_grid(images, titles, ncols: int = 8, title: str = "Sample images", title_colors=None):
+    """Gray images (N, S, S) uint8 in a grid without axes, one title each (lines split by "\\n").
+
+    Each panel is as wide as its column's longest title line needs, so that neighbouring titles
+    never run into each other; `title_colors` (one per image) can mark some titles.
+    """
     images = np.asarray(images)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, S, S) array, got shape {images.shape}")
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    titles = [str(text) for text in titles]
+    title_colors = ["black"] * len(images) if title_colors is None else list(title_colors)
+    if len(title_colors) != len(images):
+        raise ValueError(f"{len(images)} images but {len(title_colors)} title colours")
     ncols = max(1, min(ncols, len(images)))
     nrows = int(np.ceil(len(images) / ncols))
-    figure, grid = plt.subplots(nrows, ncols, figsize=(1.05 * ncols, 1.2 * nrows + 0.45), squeeze=False)
+    longest = max(len(line) for text in titles for line in text.split("\n"))
+    lines = max(text.count("\n") + 1 for text in titles)
+    # About 0.07 inch per character at 8 pt, plus a gap between neighbouring titles.
+    panel = max(1.05, 0.07 * longest + 0.15)
+    figure, grid = plt.subplots(nrows, ncols, figsize=(panel * ncols, (panel + 0.17 * lines) * nrows + 0.45),
+                                squeeze=False)
     for index, axes in enumerate(grid.flat):
         axes.axis("off")
         if index < len(images):
             axes.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            axes.set_title(str(titles[index]), fontsize=8)
+            axes.set_title(titles[index], fontsize=8, color=title_colors[index])
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -148,44 +162,50 @@ def _history_series(history: dict, metric: str) -> tuple[np.ndarray, np.ndarray 
     raise ValueError(f"history has none of the keys {list(names)}; it has {sorted(history)}")
 
 
-def _draw_history(mae_axes, loss_axes, history: dict, name: str, color: str, linestyle: str):
-    for axes, metric in ((mae_axes, "mae"), (loss_axes, "loss")):
-        train, validation = _history_series(history, metric)
-        epochs = np.arange(1, len(train) + 1)
-        axes.plot(epochs, train, color=color, linestyle=linestyle, linewidth=1.2, alpha=0.55,
-                  label=f"{name} train")
-        if validation is not None:
-            axes.plot(np.arange(1, len(validation) + 1), validation, color=color, linestyle=linestyle,
-                      linewidth=2, marker="o", markersize=3, label=f"{name} validation")
+def _draw_history(axes, history: dict, metric: str, name: str, color: str, linestyle: str, best: bool = True):
+    """Training (thin) and validation (thick, dots) curves of `metric`; the best validation-MAE epoch starred."""
+    train, validation = _history_series(history, metric)
+    axes.plot(np.arange(1, len(train) + 1), train, color=color, linestyle=linestyle, linewidth=1.2, alpha=0.55,
+              label=f"{name} train")
+    if validation is not None:
+        axes.plot(np.arange(1, len(validation) + 1), validation, color=color, linestyle=linestyle,
+                  linewidth=2, marker="o", markersize=3, label=f"{name} validation")
     _, validation_mae = _history_series(history, "mae")
-    if validation_mae is not None and np.any(np.isfinite(validation_mae)):
-        best = int(np.nanargmin(validation_mae))
-        mae_axes.axvline(best + 1, color=color, linestyle=":", linewidth=1)
-        mae_axes.plot(best + 1, validation_mae[best], marker="*", markersize=14, color=color,
+    if best and validation_mae is not None and np.any(np.isfinite(validation_mae)):
+        epoch = int(np.nanargmin(validation_mae))
+        axes.axvline(epoch + 1, color=color, linestyle=":", linewidth=1)
+        if metric == "mae":
+            axes.plot(epoch + 1, validation_mae[epoch], marker="*", markersize=14, color=color,
                       markeredgecolor="black", linestyle="none",
-                      label=f"{name} best: epoch {best + 1}, {validation_mae[best]:.1f} months")
+                      label=f"{name} best: epoch {epoch + 1}, {validation_mae[epoch]:.1f} months")
 
 
 @_styled
-def learning_curves(history: dict, baseline_history: dict | None = None):
-    """MAE (months) and loss per epoch, train and validation; the seed baseline dashed."""
-    figure, (mae_axes, loss_axes) = plt.subplots(1, 2, figsize=(8, 4.4), layout="constrained")
-    _draw_history(mae_axes, loss_axes, history, "ours", OURS_COLOR, "-")
+def learning_curves(history: dict, baseline_history: dict | None = None, loss_name: str = "training objective"):
+    """Left: MAE in months per epoch, train and validation, of our model and (dashed) the seed
+    baseline, on one axis: the one quantity both report in the same unit. Right: our own loss,
+    alone on its axis; `loss_name` says what it is. The two models' losses are not drawn
+    together: they are different functions (our Huber loss against the baseline's MAE)."""
+    figure = plt.figure(figsize=(9, 4.4), layout="constrained")
+    grid = figure.add_gridspec(1, 3)
+    mae_axes, loss_axes = figure.add_subplot(grid[0, :2]), figure.add_subplot(grid[0, 2])
+    _draw_history(mae_axes, history, "mae", "ours", OURS_COLOR, "-")
     if baseline_history is not None:
-        _draw_history(mae_axes, loss_axes, baseline_history, "seed baseline", BASELINE_COLOR, "--")
-    mae_axes.set_title("Mean absolute error per epoch")
+        _draw_history(mae_axes, baseline_history, "mae", "seed baseline", BASELINE_COLOR, "--")
+    _draw_history(loss_axes, history, "loss", "ours", OURS_COLOR, "-")
+    mae_axes.set_title("Mean absolute error per epoch" + (" (both models)" if baseline_history is not None else ""))
     mae_axes.set_xlabel("epoch")
     mae_axes.set_ylabel("MAE (months)")
-    loss_axes.set_title("Loss per epoch")
+    loss_axes.set_title(f"Our loss: {loss_name}", fontsize=9.5)
     loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("loss (training objective)")
+    loss_axes.set_ylabel("loss (its own units)")
+    loss_axes.legend(fontsize=8)
     for axes in (mae_axes, loss_axes):
         axes.xaxis.get_major_locator().set_params(integer=True)
     figure.suptitle("Learning curves")
-    # One legend under both panels: inside the axes it would hide the curves.
+    # One legend under the MAE panel: inside the axes it would hide the curves.
     handles, labels = mae_axes.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=3 if baseline_history is None else 2,
-                  frameon=False)
+    figure.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     return figure
 
 
@@ -316,6 +336,23 @@ def _band_value(entry, key: str) -> float:
     return np.nan if value is None else float(value)
 
 
+def _band_interval(entry, key: str) -> tuple[float, float]:
+    """(low, high) of a group's confidence interval of `key` (metrics file: entry["ci"][key]), or NaNs."""
+    interval = ((entry.get("ci") or {}).get(key) if isinstance(entry, dict) else None) or {}
+    return _band_value(interval, "low"), _band_value(interval, "high")
+
+
+def _whiskers(axes, x, value, low, high) -> np.ndarray:
+    """Black confidence whiskers where an interval is known; returns the top of each bar or whisker."""
+    value, low, high = (np.asarray(array, dtype=float) for array in (value, low, high))
+    known = np.isfinite(value) & np.isfinite(low) & np.isfinite(high)
+    if known.any():
+        axes.errorbar(np.asarray(x)[known], value[known],
+                      yerr=np.clip([value[known] - low[known], high[known] - value[known]], 0, None),
+                      fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
+    return np.where(known, np.fmax(high, value), value)
+
+
 @_styled
 def metrics_by_band(by_age_band: dict, baseline_by_age_band: dict | None = None):
     """Bars of MAE per age band (ours, optionally the seed baseline), n written above each bar."""
@@ -334,12 +371,14 @@ def metrics_by_band(by_age_band: dict, baseline_by_age_band: dict | None = None)
         mae = np.array([_band_value(table.get(band), "mae") for band in bands])
         counts = [_band_value(table.get(band), "n") for band in bands]
         axes.bar(offsets, np.nan_to_num(mae), width=width * 0.95, color=color, label=name)
-        for x, value, count in zip(offsets, mae, counts):
+        low, high = np.array([_band_interval(table.get(band), "mae") for band in bands]).reshape(-1, 2).T
+        tops = _whiskers(axes, offsets, mae, low, high)
+        for x, value, top, count in zip(offsets, mae, tops, counts):
             count_text = "n=0" if np.isnan(count) else f"n={int(count)}"
             text = count_text if np.isnan(value) else f"{value:.1f}\n{count_text}"
-            axes.annotate(text, xy=(x, 0 if np.isnan(value) else value), xytext=(0, 2),
+            axes.annotate(text, xy=(x, 0 if np.isnan(value) else top), xytext=(0, 2),
                           textcoords="offset points", ha="center", va="bottom", fontsize=7.5)
-        highest = max(highest, float(np.nanmax(mae, initial=0.0)))
+        highest = max(highest, float(np.nanmax(tops, initial=0.0)))
     axes.set_ylim(0, max(1.0, highest) * 1.45)  # headroom: annotations, then the legend
     axes.set_xticks(positions, bands)
     axes.set_title("Mean absolute error per age band")
@@ -394,12 +433,14 @@ def interval_coverage(by_age_band: dict, nominal_pct: float):
     positions = np.arange(len(bands))
     figure, axes = plt.subplots(figsize=(7.5, 4.2))
     axes.bar(positions, np.nan_to_num(coverage), width=0.6, color=OURS_COLOR, alpha=0.85, label="empirical")
+    low, high = np.array([_band_interval(by_age_band[band], "coverage_pct") for band in bands]).reshape(-1, 2).T
+    _whiskers(axes, positions, coverage, low, high)
     for x, value, count in zip(positions, coverage, counts):
         parts = ["—" if np.isnan(value) else f"{value:.0f}%"] + ([] if np.isnan(count) else [f"n={int(count)}"])
-        # Inside the bar (white) when it is tall enough, so the text never crosses the nominal line.
+        # At the foot of the bar (white) when it is tall enough: clear of the nominal line and the whisker.
         inside = not np.isnan(value) and value >= 25
-        axes.annotate("\n".join(parts), xy=(x, value if inside else 0), xytext=(0, -3 if inside else 2),
-                      textcoords="offset points", ha="center", va="top" if inside else "bottom",
+        axes.annotate("\n".join(parts), xy=(x, 0), xytext=(0, 3 if inside else 2),
+                      textcoords="offset points", ha="center", va="bottom",
                       fontsize=8, color="white" if inside else "black")
     axes.axhline(nominal_pct, color="black", linestyle="--", linewidth=1.2, label=f"nominal {nominal_pct:.0f}%")
     axes.set_ylim(0, 122)  # room above 100% for the legend
@@ -408,6 +449,76 @@ def interval_coverage(by_age_band: dict, nominal_pct: float):
     axes.set_xlabel("true bone age band (years)")
     axes.set_ylabel("empirical coverage (%)")
     axes.legend(loc="upper left", ncol=2)
+    figure.tight_layout()
+    return figure
+
+
+def _growth_panel(axes, child: dict) -> None:
+    """One child's bone-age chart on `axes`, in years: the reference band, the visits, the reading."""
+    color = MALE_COLOR if child["male"] else FEMALE_COLOR
+    reference = child["reference"]
+    ages = np.asarray(reference["age_months"], dtype=float) / 12.0
+    low = np.asarray(reference["low_months"], dtype=float) / 12.0
+    high = np.asarray(reference["high_months"], dtype=float) / 12.0
+    tabulated = np.asarray(reference["tabulated"], dtype=bool)
+    last = int(np.flatnonzero(tabulated)[-1])
+    axes.fill_between(ages[: last + 1], low[: last + 1], high[: last + 1], color=color, alpha=0.18, linewidth=0,
+                      label=f"normal range, ±2 SD ({'boys' if child['male'] else 'girls'}, Greulich & Pyle)")
+    axes.fill_between(ages[last:], low[last:], high[last:], color=color, alpha=0.07, linewidth=0)
+    for edge in (low, high):
+        axes.plot(ages, edge, color=color, linewidth=0.8, alpha=0.7)
+    axes.plot(ages, ages, color="black", linestyle="--", linewidth=1, label="reference mean (bone age = age)")
+    age = _as_vector(child["chronological_age_months"], "chronological_age_months") / 12.0
+    bone_age = _as_vector(child["bone_age_months"], "bone_age_months") / 12.0
+    if age.shape != bone_age.shape:
+        raise ValueError(f"{age.size} chronological ages but {bone_age.size} bone ages")
+    below = bone_age - _as_vector(child["low_months"], "low_months") / 12.0
+    above = _as_vector(child["high_months"], "high_months") / 12.0 - bone_age
+    bars = np.clip(np.vstack([below, above]), 0, None)
+    coverage = child.get("coverage_pct", 90.0)
+    if age.size > 1:
+        axes.plot(age, bone_age, color=TREND_COLOR, linewidth=1, alpha=0.6, zorder=3)
+        axes.errorbar(age[:-1], bone_age[:-1], yerr=bars[:, :-1], fmt="o", markersize=5, markerfacecolor="white",
+                      color=TREND_COLOR, elinewidth=1, capsize=2, zorder=4, label=f"earlier visits ({age.size - 1})")
+    axes.errorbar(age[-1:], bone_age[-1:], yerr=bars[:, -1:], fmt="o", markersize=8, color=color,
+                  markeredgecolor="black", ecolor="black", elinewidth=1.4, capsize=4, zorder=5,
+                  label=f"latest visit, {coverage:.0f}% prediction interval")
+    limit = max(20.0, float(np.ceil(max(age.max(), (bone_age + above).max()))))
+    axes.set_xlim(0, limit)
+    axes.set_ylim(0, limit)
+    axes.set_aspect("equal")
+    axes.set_xticks(np.arange(0, limit + 0.1, 2))
+    axes.set_yticks(np.arange(0, limit + 0.1, 2))
+    # The reading goes under the axes, where it can hide no visit and no interval.
+    axes.annotate("\n".join([*child.get("lines", []), CHART_DISCLAIMER]), xy=(0, 0), xycoords="axes fraction", xytext=(0, -34),
+                  textcoords="offset points", ha="left", va="top", fontsize=8, linespacing=1.35,
+                  bbox={"boxstyle": "round,pad=0.4", "facecolor": "#F4F4F4", "edgecolor": "0.8"})
+    axes.set_title(child["title"])
+    axes.set_xlabel("chronological age (years)")
+    axes.set_ylabel("bone age (years)")
+    axes.legend(loc="lower right", fontsize=7.5)
+
+
+@_styled
+def growth_charts(children: list[dict], ncols: int = 3, title: str | None = None):
+    """Bone-age charts, one panel per child: bone age against chronological age over the reference
+    mean and ±2 SD band of the child's sex, each visit with its prediction interval.
+
+    Each child is a dict as `utils.growth.chart_child` makes it: title, male, coverage_pct,
+    reference (age_months, low_months, high_months, tabulated), chronological_age_months,
+    bone_age_months, low_months, high_months (oldest visit first, the last is the latest) and
+    lines (the text box).
+    """
+    if not children:
+        raise ValueError("no children to chart")
+    ncols = max(1, min(ncols, len(children)))
+    nrows = int(np.ceil(len(children) / ncols))
+    figure, grid = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 6.6 * nrows), squeeze=False)
+    for axes, child in zip(grid.flat, children):
+        _growth_panel(axes, child)
+    for axes in list(grid.flat)[len(children):]:
+        axes.axis("off")
+    figure.suptitle(title or "Bone age against chronological age")
     figure.tight_layout()
     return figure
 

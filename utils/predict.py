@@ -3,7 +3,14 @@
     python -m utils.predict hand.png --sex F [--age-months 126]     # JSON on stdout
     python -m utils.predict study.dcm                                 # sex and age from the DICOM
     python -m utils.predict FOLDER [--out predictions.csv]            # CSV, one row per image
+    python -m utils.predict visits.csv [--chart DIR]                  # follow-up visits: CSV, a chart per child
     options: --model FILE (.onnx or .keras; default models/rsna100), --gradcam DIR
+    clinical outputs: --chart PNG (growth chart), --previous AGE:BONE_AGE (earlier visits, velocity),
+    --format fhir (FHIR R4 Observation), --dicom-out DIR (DICOM SR), --reject-flagged (no age for
+    an image whose quality flag is not ok; exit status 3 for one image)
+
+The clinical outputs are made by utils.growth (visits, velocity, chart data), utils.plots
+(the chart), utils.result_formats (FHIR, DICOM SR) and utils.rejection (the rejection policy).
 
 A folder is any layout `utils.data.load_dataset` reads (its table gives the sex), or a folder
 of bare images (PNG, JPEG, DICOM; ids are the file names, the sex comes from --sex or the
@@ -20,10 +27,13 @@ preprocessing, the test-time augmentation, the conformal interval and the image-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -34,9 +44,9 @@ import pandas as pd
 from pydicom import dcmread
 from tqdm import tqdm
 
-from utils import config
+from utils import config, rejection
 from utils.clinical import MAX_AGE_MONTHS, clinical_readout, clinical_table
-from utils.data import IMAGE_SUFFIXES, TABLE_SUFFIXES, load_dataset, parse_sex
+from utils.data import IMAGE_SUFFIXES, TABLE_SUFFIXES, image_problem, load_dataset, parse_sex
 from utils.files import atomic_path, write_json_atomic
 from utils.model_card import CARD_FILE, ModelCard
 from utils.onnx_runtime import THREADS, OnnxBoneAgeModel
@@ -49,10 +59,14 @@ DICOM_AGE_UNITS = {"D": 1 / DAYS_PER_MONTH, "W": 7 / DAYS_PER_MONTH, "M": 1.0, "
 AGE_COLUMN = "chronological_age_months"
 ERROR_COLUMNS = ["id", "file", "line", "reason"]  # the columns of load_dataset's dropped-rows CSV
 MAX_LISTED_ERRORS = 10
+# What libpng and libjpeg print about a damaged file, on their own (native_messages collects them).
+DECODER_MESSAGES = ("libpng error", "libpng warning", "Premature end of JPEG", "Corrupt JPEG data")
 GRADCAM_BATCH = 64
 PREDICTION_COLUMNS = ["boneage_pred", "boneage_low", "boneage_high", "quality_flag", "quality_score"]
 # The clinical reading in a CSV, where the chronological age is known (names as utils.clinical's).
 CLINICAL_COLUMNS = [AGE_COLUMN, "difference_months", "bone_age_sds", "bone_age_centile", "category"]
+VISITS_SUFFIX = ".csv"  # a CSV file as the path: a table of follow-up visits
+REJECTED_EXIT = 3  # the exit status of one image rejected by --reject-flagged
 
 
 class PredictionError(ValueError):
@@ -118,7 +132,12 @@ class Predictor:
         ) as bar:
             for start in range(0, len(table), CHUNK_SIZE):
                 chunk = table.iloc[start : start + CHUNK_SIZE]
-                decoded = list(executor.map(self._decode, chunk["path"]))
+                with native_messages() as messages:
+                    decoded = list(executor.map(self._decode, chunk["path"]))
+                # The decoders' own lines name no file; the files they failed on are listed in errors.
+                for message in messages:
+                    if not message.startswith(DECODER_MESSAGES):
+                        print(message, file=sys.stderr)
                 good = np.array([image is not None for image, _ in decoded], dtype=bool)
                 errors += [
                     {"id": image_id, "file": path, "line": None, "reason": reason}
@@ -180,10 +199,23 @@ def load_predictor(model_path=None) -> Predictor:
     if path.suffix == ".onnx":
         runtime = OnnxBoneAgeModel(path)
     else:
-        from utils.model import KerasBoneAgeModel  # imports Keras: only for a model without an ONNX export
-
-        runtime = KerasBoneAgeModel(path)
+        runtime = _load_keras_runtime(path)
     return Predictor(runtime, card, path, card_path)
+
+
+def _load_keras_runtime(path: Path):
+    """KerasBoneAgeModel of a file that exists; a damaged one is named as damaged, not as missing
+    (Keras says "File not found" for any file it cannot open as a .keras archive)."""
+    if not zipfile.is_zipfile(path):
+        raise PredictionError(f"{path}: not a readable Keras model (a .keras file is a zip archive; this one is "
+                              f"damaged or truncated, {path.stat().st_size} bytes)")
+    from utils.model import KerasBoneAgeModel  # imports Keras: only for a model without an ONNX export
+
+    try:
+        return KerasBoneAgeModel(path)
+    except Exception as error:  # Keras raises many types for a damaged archive or an unknown layer
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise PredictionError(f"{path}: not a readable Keras model ({type(error).__name__}: {detail})") from None
 
 
 def dicom_demographics(path) -> tuple[bool | None, float | None]:
@@ -215,7 +247,7 @@ def _dicom_age_months(header) -> float | None:
 def predict_file(predictor: Predictor, path, male: bool | None = None, age_months: float | None = None) -> dict:
     """The reading of one image; `male` and `age_months` override what a DICOM header says."""
     path = Path(path)
-    image = predictor.preprocess(path)
+    image = decode_image(predictor, path)
     header_male, header_age = dicom_demographics(path)
     sex_source = "--sex" if male is not None else "DICOM PatientSex"
     male = header_male if male is None else male
@@ -235,12 +267,69 @@ def predict_file(predictor: Predictor, path, male: bool | None = None, age_month
     }
     result["quality_flag"] = str(row["quality_flag"])
     result["quality_score"] = round(float(row["quality_score"]), 3)
+    if result["quality_flag"] != "ok" and "category" in result:
+        for key in CLINICAL_COLUMNS[1:]:
+            result[key] = None
+        result["clinical_reading_withheld"] = withheld_reason(result["quality_flag"])
+        print(f"warning: {path}: {result['clinical_reading_withheld']}", file=sys.stderr)
     result["sex"] = "male" if male else "female"
     result["sex_source"] = sex_source
     if age_months is not None:
         result["age_source"] = age_source
     result["model"] = str(predictor.model_path)
     return result
+
+
+def withheld_reason(quality_flag: str) -> str:
+    """Why an image with this quality flag (not "ok") gets no clinical reading."""
+    # The flags' meanings are utils.rejection's, which --reject-flagged reports.
+    meaning = rejection._FLAG_MEANINGS.get(str(quality_flag), "the image failed the quality check")
+    return (f"quality flag '{quality_flag}': {meaning}; its bone age is not a reading of this child's skeleton, "
+            "so no clinical category (delayed / normal / advanced) is given")
+
+
+@contextlib.contextmanager
+def native_messages():
+    """Collect what C libraries write to file descriptor 2 while the block runs (libpng prints
+    `libpng error: Read Error`, naming no file), so that the command can say which file."""
+    messages: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error at all
+        yield messages
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def decode_image(predictor: Predictor, path: Path) -> np.ndarray:
+    """One file as the model sees it. ImageError names the file and the problem: a truncated or
+    damaged PNG or JPEG by the loader's cheap checks, else what the decoder said about it."""
+    if path.suffix.lower() != ".dcm":  # DICOM without a preamble is read by suffix; the checks would refuse it
+        problem = image_problem(path)
+        if problem:
+            raise ImageError(f"{path}: {problem}")
+    failure = None
+    with native_messages() as messages:
+        try:
+            image = predictor.preprocess(path)
+        except ImageError as error:
+            failure = error
+    if failure is not None:
+        raise ImageError(f"{failure}: {'; '.join(messages)}" if messages else str(failure)) from None
+    for message in messages:  # what a decoder said about a file it decoded all the same
+        print(f"{path}: {message}", file=sys.stderr)
+    return image
 
 
 def _rounded(values: dict) -> dict:
@@ -285,6 +374,11 @@ def _bare_table(folder: Path, paths: list[Path], male: bool | None) -> tuple[pd.
     rows, errors = [], []
     for path in paths:
         image_id = path.relative_to(folder).with_suffix("").as_posix()
+        # The cheap checks load_dataset makes for a labelled folder (a truncated file, a bad header).
+        problem = None if path.suffix.lower() == ".dcm" else image_problem(path)
+        if problem:
+            errors.append({"id": image_id, "file": str(path), "line": None, "reason": f"image unreadable: {problem}"})
+            continue
         header_male, header_age = dicom_demographics(path)
         row_male = header_male if male is None else male
         if row_male is None:
@@ -312,11 +406,17 @@ def prediction_columns(predictions: pd.DataFrame) -> pd.DataFrame:
         ).set_index(predictions.index[known])
         for column in CLINICAL_COLUMNS:
             result[column] = readout[column]
+        # An image the quality check flags gets no clinical reading (withheld_reason says why).
+        flagged = result["quality_flag"] != "ok"
+        for column in CLINICAL_COLUMNS[1:]:
+            result.loc[flagged, column] = None
     return result
 
 
-def run_folder(predictor: Predictor, folder: Path, out: Path | None, male: bool | None, gradcam: Path | None) -> int:
-    """Predict every image of `folder` into a CSV; the images left out go to `<out stem>.errors.csv`."""
+def run_folder(predictor: Predictor, folder: Path, out: Path | None, male: bool | None, gradcam: Path | None,
+               reject: bool = False) -> int:
+    """Predict every image of `folder` into a CSV; the images left out go to `<out stem>.errors.csv`.
+    With `reject`, a flagged image's row has no age and says why (`rejection.reject_rows`)."""
     gradcam_model = keras_model_for_gradcam(predictor) if gradcam else None
     table, errors = folder_table(folder, male)
     n_images = len(table) + len(errors)
@@ -324,17 +424,30 @@ def run_folder(predictor: Predictor, folder: Path, out: Path | None, male: bool 
     if len(decode_errors):
         errors = pd.concat([errors, decode_errors], ignore_index=True)
     out = Path(out) if out else Path.cwd() / f"{folder.resolve().name}_predictions.csv"
+    errors_csv = out.with_name(f"{out.stem}.errors.csv")
     if len(errors):
-        errors_csv = out.with_name(f"{out.stem}.errors.csv")
         with atomic_path(errors_csv) as temporary:
             errors.to_csv(temporary, index=False)
         _report_errors(errors, n_images, errors_csv)
+    else:
+        errors_csv.unlink(missing_ok=True)  # an earlier run's list would name images this run predicted
     if predictions.empty:
         print(f"error: {folder}: no image could be predicted", file=sys.stderr)
         return 1
+    flagged = predictions.loc[predictions["quality_flag"] != "ok", "quality_flag"]
+    if AGE_COLUMN in predictions and len(flagged):
+        counts = ", ".join(f"{flag} {count}" for flag, count in flagged.value_counts().items())
+        print(f"warning: {len(flagged)} image(s) flagged by the quality check ({counts}): no clinical category for "
+              "them (see quality_flag)", file=sys.stderr)
     with atomic_path(out) as temporary:
-        prediction_columns(predictions).to_csv(temporary, index=False, float_format="%.2f")
+        columns = prediction_columns(predictions)
+        if reject:
+            columns = rejection.reject_rows(columns, ["boneage_pred", "boneage_low", "boneage_high", *CLINICAL_COLUMNS[1:]])
+        columns.to_csv(temporary, index=False, float_format="%.2f")
     print(f"wrote {len(predictions)} predictions to {out}")
+    if reject and rejection.is_rejected(predictions["quality_flag"].to_numpy()).any():
+        print(f"{int(rejection.is_rejected(predictions['quality_flag'].to_numpy()).sum())} of them rejected (quality flag "
+              f"not ok): no age, the reason in column {rejection.REASON_COLUMN}")
     if gradcam:
         write_gradcam(predictor, gradcam_model, predictions, gradcam)
         print(f"wrote {len(predictions)} Grad-CAM overlays to {gradcam}")
@@ -377,17 +490,202 @@ def write_gradcam(predictor: Predictor, model, table: pd.DataFrame, folder: Path
                 cv2.imwrite(str(temporary), cv2.cvtColor(explain.overlay(image, heatmap), cv2.COLOR_RGB2BGR))
 
 
+def is_visits_table(path: Path) -> bool:
+    """A .csv file given as the path is a table of follow-up visits (utils.growth.read_visits)."""
+    return path.is_file() and path.suffix.lower() == VISITS_SUFFIX
+
+
+def check_clinical_options(arguments) -> None:
+    """UsageError for an option of the clinical outputs that does not fit the input (before any work)."""
+    path = arguments.path
+    kind = "folder" if path.is_dir() else "visits" if is_visits_table(path) else "image"
+    single_only = {"--format fhir": arguments.format == "fhir", "--dicom-out": arguments.dicom_out is not None,
+                   "--previous": bool(arguments.previous)}
+    if kind == "folder":
+        single_only["--chart"] = arguments.chart is not None
+    if kind == "visits":
+        single_only.update({"--age-months": arguments.age_months is not None, "--sex": arguments.sex is not None,
+                            "--gradcam": arguments.gradcam is not None})
+    refused = [option for option, given in single_only.items() if given]
+    if kind != "image" and refused:
+        what = "a folder" if kind == "folder" else "a visits CSV (its rows give each visit's sex and age)"
+        raise UsageError(f"{', '.join(refused)}: for a single image, not {what}")
+    if kind == "image" and arguments.dicom_out is not None:
+        from utils.result_formats import dicom_identifiers
+
+        if dicom_identifiers(path) is None:
+            raise UsageError(f"--dicom-out: {path} is not DICOM; the structured report references the source study")
+
+
+def _previous_visits(values, predictor: Predictor) -> pd.DataFrame:
+    """--previous AGE:BONE_AGE[:LOW:HIGH] (months) as visits; without LOW:HIGH, the model's interval."""
+    rows = []
+    for value in values or []:
+        try:
+            numbers = [float(part) for part in value.split(":")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 4) or not all(0 <= number <= MAX_AGE_MONTHS for number in numbers):
+            raise UsageError(f"--previous {value!r}: expected AGE:BONE_AGE or AGE:BONE_AGE:LOW:HIGH, "
+                             f"months in 0..{MAX_AGE_MONTHS}")
+        if len(numbers) == 2:
+            low, high = predictor.conformal.interval([numbers[1]])
+            numbers += [float(low[0]), float(high[0])]
+        rows.append(dict(zip((AGE_COLUMN, "boneage_pred", "boneage_low", "boneage_high"), numbers)))
+    return pd.DataFrame(rows, columns=[AGE_COLUMN, "boneage_pred", "boneage_low", "boneage_high"])
+
+
+def single_child_visits(result: dict, previous: pd.DataFrame) -> pd.DataFrame:
+    """The visits of the child of one reading: the earlier ones (--previous) and this one, last,
+    with their readings and velocities (utils.growth.visit_readings)."""
+    from utils import growth
+
+    age = result.get(AGE_COLUMN)
+    if age is None:
+        raise UsageError("--chart and --previous need the chronological age (--age-months or the DICOM header)")
+    if (previous[AGE_COLUMN] >= age).any():
+        raise UsageError(f"--previous: earlier visits must be at ages below this visit's {age:g} months")
+    current = {AGE_COLUMN: age, "boneage_pred": result["bone_age_months"], "boneage_low": result["interval"]["low"],
+               "boneage_high": result["interval"]["high"], "quality_flag": result["quality_flag"]}
+    visits = pd.concat([previous.assign(quality_flag="ok"), pd.DataFrame([current])], ignore_index=True)
+    visits = visits.assign(patient="this child", id=[f"previous {index + 1}" for index in range(len(previous))] + ["this visit"],
+                           male=result["sex"] == "male")
+    return growth.visit_readings(visits)
+
+
+def velocity_reading(visits: pd.DataFrame, coverage_pct: float) -> dict | None:
+    """The JSON of the last visit's velocity (value, low, high, per month of age; since_months), if any."""
+    last = visits.iloc[-1]
+    if pd.isna(last["bone_age_velocity"]):
+        return None
+    return {"value": round(float(last["bone_age_velocity"]), 3), "low": round(float(last["bone_age_velocity_low"]), 3),
+            "high": round(float(last["bone_age_velocity_high"]), 3), "coverage_pct": coverage_pct,
+            "since_months": round(float(last["months_since_previous"]), 2),
+            "unit": "months of bone age per month of chronological age"}
+
+
+def write_chart(visits: pd.DataFrame, title: str, coverage_pct: float, destination: Path) -> Path:
+    """The growth chart PNG of one child's visits (utils.growth.chart_child, plots.growth_charts)."""
+    import matplotlib.pyplot as plt
+
+    from utils import growth, plots
+
+    figure = growth.growth_chart([growth.chart_child(visits, title, coverage_pct)])
+    try:
+        return plots.save_figure(figure, destination)
+    finally:
+        plt.close(figure)
+
+
+def run_visits(predictor: Predictor, csv_path: Path, out: Path | None, chart_dir: Path | None, reject: bool) -> int:
+    """Predict every visit of a visits CSV into a CSV with the readings and velocities; one chart
+    per child in `chart_dir`. Images that cannot be decoded go to `<out stem>.errors.csv`."""
+    from utils import growth
+
+    table = growth.read_visits(csv_path)
+    predictions, errors = predictor.predict_table(table, progress=sys.stderr.isatty())
+    out = Path(out) if out else Path.cwd() / f"{csv_path.stem}_bone_age.csv"
+    if len(errors):
+        errors_csv = out.with_name(f"{out.stem}.errors.csv")
+        with atomic_path(errors_csv) as temporary:
+            errors.to_csv(temporary, index=False)
+        _report_errors(errors, len(table), errors_csv)
+    if predictions.empty:
+        print(f"error: {csv_path}: no visit could be predicted", file=sys.stderr)
+        return 1
+    if reject:
+        predictions = rejection.reject_rows(predictions, ["boneage_pred", "boneage_low", "boneage_high"])
+    readings = growth.visit_readings(predictions)
+    columns = ["patient", "id", "male", *PREDICTION_COLUMNS, *CLINICAL_COLUMNS, *growth.VELOCITY_COLUMNS]
+    columns += [rejection.REASON_COLUMN] if reject else []
+    with atomic_path(out) as temporary:
+        readings[columns].to_csv(temporary, index=False, float_format="%.3f")
+    print(f"wrote {len(readings)} visits of {readings['patient'].nunique()} children to {out}")
+    if reject and readings["boneage_pred"].isna().any():
+        print(f"{int(readings['boneage_pred'].isna().sum())} of them rejected (quality flag not ok): no age, "
+              f"the reason in column {rejection.REASON_COLUMN}")
+    if chart_dir:
+        coverage = round(100 * predictor.conformal.coverage, 1)
+        charted = 0
+        for patient, visits in readings.groupby("patient", sort=False):
+            if visits["boneage_pred"].notna().any():
+                sex = "boy" if visits["male"].iloc[0] else "girl"
+                name = f"{str(patient).replace('/', '__')}_chart.png"
+                write_chart(visits, f"patient {patient} ({sex})", coverage, Path(chart_dir) / name)
+                charted += 1
+        print(f"wrote {charted} charts to {chart_dir}")
+    return 0
+
+
+def clinical_outputs(predictor: Predictor, arguments, result: dict) -> tuple[dict, int]:
+    """The single-image options of the clinical outputs: (what to print and --out, exit status).
+
+    --reject-flagged replaces the reading of a flagged image by `rejection.rejected_reading`
+    (exit status 3); --previous adds the bone-age velocity; --chart writes the growth chart;
+    --dicom-out the DICOM SR; --format fhir turns the reading into a FHIR R4 Observation."""
+    from utils import result_formats
+
+    status = 0
+    if arguments.reject_flagged and rejection.is_rejected(result["quality_flag"])[0]:
+        result, status = rejection.rejected_reading(result), REJECTED_EXIT
+    accepted = result["bone_age_months"] is not None
+    coverage = round(100 * predictor.conformal.coverage, 1)
+    if accepted and (arguments.chart or arguments.previous):
+        visits = single_child_visits(result, _previous_visits(arguments.previous, predictor))
+        velocity = velocity_reading(visits, coverage)
+        if velocity:
+            result["bone_age_velocity"] = velocity
+        if arguments.chart:
+            write_chart(visits, f"{arguments.path.name} ({'boy' if result['sex'] == 'male' else 'girl'})", coverage,
+                        arguments.chart)
+            print(f"wrote the growth chart to {arguments.chart}", file=sys.stderr)
+    if arguments.dicom_out is not None:
+        if accepted:
+            written = result_formats.write_dicom_sr(result, arguments.path, arguments.dicom_out)
+            print(f"wrote the DICOM structured report to {written}", file=sys.stderr)
+        else:
+            print("no DICOM structured report: the image was rejected", file=sys.stderr)
+    if not accepted and arguments.chart:
+        print("no growth chart: the image was rejected", file=sys.stderr)
+    if arguments.format == "fhir":
+        return result_formats.fhir_observation(result, result_formats.dicom_identifiers(arguments.path)), status
+    return result, status
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m utils.predict", description="Predict bone age (months) from hand radiographs."
     )
-    parser.add_argument("path", type=Path, help="an image (PNG, JPEG, DICOM) or a folder of them")
+    parser.add_argument("path", type=Path, help="an image (PNG, JPEG, DICOM), a folder of them, or a CSV of follow-up "
+                        "visits (patient, id, path, sex, chronological_age_months)")
     parser.add_argument("--sex", help="M or F (male/female); for a single image or a folder without a label table")
     parser.add_argument("--age-months", type=float, help="chronological age in months, for the clinical reading")
     parser.add_argument("--model", type=Path, help=f"a .onnx or .keras file or a model folder (default {config.default_model_dir()})")
     parser.add_argument("--out", type=Path, help="output file: the CSV of a folder (default <folder>_predictions.csv), or the JSON of an image")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="also write a Grad-CAM overlay PNG per image here")
+    clinical = parser.add_argument_group("clinical outputs")
+    clinical.add_argument("--chart", type=Path, metavar="PNG|DIR", help="the growth chart: a PNG for an image (needs the "
+                          "chronological age), a folder with one PNG per child for a visits CSV")
+    clinical.add_argument("--previous", action="append", metavar="AGE:BONE_AGE[:LOW:HIGH]", help="an earlier visit "
+                          "(months; repeatable): drawn on the chart, and the bone-age velocity since the last one is added")
+    clinical.add_argument("--format", choices=("json", "fhir"), default="json", help="the reading of an image as this "
+                          "project's JSON (default) or a FHIR R4 Observation")
+    clinical.add_argument("--dicom-out", type=Path, metavar="DIR", help="for a DICOM image: also write a DICOM "
+                          "structured report of the reading, in the source study, to this folder")
+    clinical.add_argument("--reject-flagged", action="store_true", help="no age for an image whose quality flag is not "
+                          "ok: null with the reason (exit status 3 for an image), an empty value and the reason in a CSV")
     return parser.parse_args(argv)
+
+
+def check_out(out: Path | None) -> None:
+    """--out must name a file (not a folder) in a folder that exists: checked before any work."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name, e.g. --out {out / 'predictions.csv'}")
+    if not out.parent.is_dir():
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise UsageError(f"--out {out}: the folder {out.parent} {what}")
 
 
 def _parsed_sex(value: str | None) -> bool | None:
@@ -409,18 +707,24 @@ def main(argv=None) -> int:
             raise PredictionError(f"{arguments.path}: no such file or folder")
         if arguments.path.is_dir() and arguments.age_months is not None:
             raise UsageError("--age-months is for a single image; a folder's ages come from DICOM headers")
+        check_clinical_options(arguments)
+        check_out(arguments.out)
         predictor = load_predictor(arguments.model)
         if arguments.path.is_dir():
-            return run_folder(predictor, arguments.path, arguments.out, male, arguments.gradcam)
+            return run_folder(predictor, arguments.path, arguments.out, male, arguments.gradcam,
+                              reject=arguments.reject_flagged)
+        if is_visits_table(arguments.path):
+            return run_visits(predictor, arguments.path, arguments.out, arguments.chart, arguments.reject_flagged)
         gradcam_model = keras_model_for_gradcam(predictor) if arguments.gradcam else None
         result = predict_file(predictor, arguments.path, male, arguments.age_months)
+        result, status = clinical_outputs(predictor, arguments, result)
         if arguments.out:
             write_json_atomic(arguments.out, result)
         if arguments.gradcam:
             single = pd.DataFrame({"id": [arguments.path.stem], "path": [arguments.path], "male": [result["sex"] == "male"]})
             write_gradcam(predictor, gradcam_model, single, arguments.gradcam)
         print(json.dumps(result, indent=2))
-        return 0
+        return status
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from utils import config
 from utils.parameters import CONTRASTS, HAND_CROPS, normalise_tta
 from utils.files import atomic_path, write_json_atomic
 
+MAX_LISTED_FAILURES = 20
 # Bump when a change below alters the output pixels: it is part of the cache key.
 PREPROCESSING_VERSION = 1
 # Wide-range images (16-bit, DICOM) are windowed to 8 bits between these percentiles of their own
@@ -71,6 +72,18 @@ HAND_CROP_MIN_ROTATION = 1.0
 
 class ImageError(ValueError):
     """An image file that cannot be read; the message names the file and the problem."""
+
+
+class ImageErrors(ImageError):
+    """Several image files that cannot be read, all of them: `failures` maps each path to the
+    message of its ImageError; `images` holds the others, preprocessed (the failed rows are zero)."""
+
+    def __init__(self, failures: dict[str, str], images: np.ndarray | None = None):
+        self.failures, self.images = dict(failures), images
+        listed = [f"  - {message}" for message in list(self.failures.values())[:MAX_LISTED_FAILURES]]
+        if len(self.failures) > MAX_LISTED_FAILURES:
+            listed.append(f"  ... and {len(self.failures) - MAX_LISTED_FAILURES} more")
+        super().__init__(f"{len(self.failures)} image(s) cannot be decoded:\n" + "\n".join(listed))
 
 
 def read_grayscale(path) -> np.ndarray:
@@ -373,19 +386,25 @@ def preprocess_paths(
     Threads, not processes: OpenCV releases the GIL while decoding and resizing, threads write
     straight into the output array, and they cost no more CPU than a serial loop, while worker
     processes cost ~60% more (start-up, pickling); see benchmarks/preprocessing_throughput.py.
+    Every file is tried: files that cannot be read raise one ImageErrors that lists them all.
     """
     _check_parameters(image_size, contrast, hand_crop)
     paths = [str(path) for path in paths]
-    images = np.empty((len(paths), image_size, image_size), dtype=np.uint8)
+    images = np.zeros((len(paths), image_size, image_size), dtype=np.uint8)
+    failures = {}
 
     def preprocess_into(index: int) -> None:
-        images[index] = _preprocess_file(paths[index], image_size, pad_to_square, contrast, hand_crop)
+        try:
+            images[index] = _preprocess_file(paths[index], image_size, pad_to_square, contrast, hand_crop)
+        except ImageError as error:
+            failures[index] = str(error)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
-        # map() cancels the queued files at the first error, so a bad file fails fast.
         work = executor.map(preprocess_into, range(len(paths)))
         for _ in tqdm(work, total=len(paths), desc="preprocessing images", unit="image", disable=not progress):
             pass
+    if failures:
+        raise ImageErrors({paths[index]: failures[index] for index in sorted(failures)}, images)
     return images
 
 
@@ -403,9 +422,43 @@ def load_images(
 
     The cache key covers the parameters, PREPROCESSING_VERSION and every file's path, size and
     modification time, so that any change recomputes. A JSON beside the .npy describes the key.
+    Files that cannot be read raise ImageErrors; the images of the others are cached under the key
+    of their own table, and the failures beside, so that asking again (or for the table without
+    the failed rows) decodes nothing.
     """
     _check_parameters(image_size, contrast, hand_crop)
     paths = [str(path) for path in table["path"]]
+    options = {"pad_to_square": pad_to_square, "contrast": contrast, "hand_crop": hand_crop}
+    cache_file, key, key_inputs = _cache_location(paths, image_size, cache_dir=cache_dir, **options)
+    expected_shape = (len(paths), image_size, image_size)
+    if cache_file.exists():
+        images = np.load(cache_file)
+        if images.shape == expected_shape and images.dtype == np.uint8:
+            return images
+    failures_file = cache_file.with_suffix(".failures.json")
+    if failures_file.exists():
+        raise ImageErrors(json.loads(failures_file.read_text(encoding="utf-8"))["failures"])
+    try:
+        images = preprocess_paths(paths, image_size, progress=progress, **options)
+    except ImageErrors as error:
+        good = [index for index, path in enumerate(paths) if path not in error.failures]
+        if good and error.images is not None:
+            _write_cache([paths[index] for index in good], error.images[good], image_size, cache_dir, **options)
+        write_json_atomic(failures_file, {"failures": error.failures, "key_sha256": key})
+        raise
+    _write_cache(paths, images, image_size, cache_dir, **options)
+    return images
+
+
+def _write_cache(paths: list[str], images: np.ndarray, image_size: int, cache_dir, **options) -> None:
+    cache_file, key, key_inputs = _cache_location(paths, image_size, cache_dir=cache_dir, **options)
+    with atomic_path(cache_file) as temporary:
+        np.save(temporary, images)
+    write_json_atomic(cache_file.with_suffix(".json"), _describe_cache(key, key_inputs, paths, images.shape))
+
+
+def _cache_location(paths: list[str], image_size: int, *, pad_to_square, contrast, hand_crop, cache_dir):
+    """(cache file, key, what the key covers) of preprocessed `paths`."""
     key_inputs = {
         "image_size": int(image_size),
         "pad_to_square": bool(pad_to_square),
@@ -421,18 +474,7 @@ def load_images(
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode("utf-8")).hexdigest()
     layout = "pad" if pad_to_square else "stretch"
     cache_file = Path(cache_dir) / f"images-{image_size}px-{layout}-{contrast}-{crop}{key[:16]}.npy"
-    expected_shape = (len(paths), image_size, image_size)
-    if cache_file.exists():
-        images = np.load(cache_file)
-        if images.shape == expected_shape and images.dtype == np.uint8:
-            return images
-    images = preprocess_paths(
-        paths, image_size, pad_to_square=pad_to_square, contrast=contrast, hand_crop=hand_crop, progress=progress
-    )
-    with atomic_path(cache_file) as temporary:
-        np.save(temporary, images)
-    write_json_atomic(cache_file.with_suffix(".json"), _describe_cache(key, key_inputs, paths, images.shape))
-    return images
+    return cache_file, key, key_inputs
 
 
 def _file_signature(path: str) -> list:

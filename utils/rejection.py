@@ -43,6 +43,17 @@ def rejection_reason(quality_flag: str) -> str | None:
     return f"quality flag '{flag}': {meaning}; no age is given (--reject-flagged)"
 
 
+def rejected_reading(reading: dict) -> dict:
+    """The JSON reading of a rejected image: bone_age_months null, rejected true, the
+    rejection_reason, and what was known before the estimate (file, quality flag and score, sex,
+    chronological age, model); no interval and no clinical readout."""
+    kept = ("file", "chronological_age_months", "quality_flag", "quality_score", "sex", "sex_source", "age_source", "model")
+    result = {"file": reading.get("file"), "bone_age_months": None, "rejected": True,
+              "rejection_reason": rejection_reason(reading["quality_flag"])}
+    result.update({key: reading[key] for key in kept if key in reading and key != "file"})
+    return result
+
+
 def reject_rows(table: pd.DataFrame, value_columns) -> pd.DataFrame:
     """A copy of `table` (with a quality_flag column) whose rejected rows have empty
     `value_columns` and a `rejection_reason`; accepted rows have an empty reason."""

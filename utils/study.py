@@ -45,13 +45,28 @@ def dataset_name(parameters: Parameters) -> str:
 
 
 def load_table(parameters: Parameters, paths: config.RunPaths) -> pd.DataFrame:
-    """The labelled rows of the run's data set (rows without a bone age cannot be studied)."""
+    """The labelled rows of the run's data set (rows without a bone age cannot be studied).
+
+    Images that only a full decode finds damaged count as bad rows too: reported with the others
+    or, with drop_invalid, dropped and listed in dropped_rows.csv. Decoding them fills the image
+    cache, so that this costs a cache read after the first time.
+    """
     table = data.load_dataset(
         prepare_dataset(parameters),
         drop_invalid=parameters.drop_invalid,
         dropped_rows_csv=paths.dropped_rows if parameters.drop_invalid else None,
+        check_images=lambda rows: undecodable_images(rows, parameters),
     )
     return table[table["boneage"].notna()].reset_index(drop=True)
+
+
+def undecodable_images(rows: pd.DataFrame, parameters: Parameters) -> dict[str, str]:
+    """{path: problem} of the labelled rows' images that cannot be decoded and preprocessed."""
+    try:
+        load_images(rows[rows["boneage"].notna()], parameters)
+    except preprocessing.ImageErrors as error:
+        return error.failures
+    return {}
 
 
 def load_split_table(parameters: Parameters, paths: config.RunPaths) -> pd.DataFrame:
@@ -83,3 +98,50 @@ def split_arrays(table: pd.DataFrame, images: np.ndarray, split: str):
         table.loc[mask, "male"].to_numpy(dtype="float32"),
         table.loc[mask, "boneage"].to_numpy(dtype="float32"),
     )
+
+
+def external_check(parameters: Parameters, predict, interval, quality_reference, *, folder=None,
+                   known_ids=()) -> dict:
+    """The run's model on the official test images of `folder` (default config.FULLRES_SAMPLE_DIR),
+    whose labels are the mean of six radiologists: the external_check.json object.
+
+    `predict(images, male) -> months` is the run's model with its test-time augmentation;
+    `interval` its calibrated `conformal.ConformalInterval`; `quality_reference` its
+    `quality.QualityReference`. The images get this run's preprocessing. Skipped (with the reason,
+    `evaluation.external_check_skipped`) when the folder is absent, when the run's model learnt
+    from synthetic images, or when the run trains on that folder; images whose id is among
+    `known_ids` (the run's own data set) are left out, so that none was seen in training.
+    """
+    from utils import evaluation
+
+    folder = Path(folder or config.FULLRES_SAMPLE_DIR)
+    if parameters.dataset == "synthetic":
+        return evaluation.external_check_skipped(
+            "this run's model learnt from synthetic images, so real radiographs are outside what it knows", folder)
+    if not folder.is_dir():
+        return evaluation.external_check_skipped(f"{config.display_path(folder)} is not here (it is not part of "
+                                                 "the repository)", folder)
+    if dataset_folder(parameters) == folder.resolve():
+        return evaluation.external_check_skipped("this run trains on that folder", folder)
+    sample = data.load_dataset(folder)
+    rows = sample[(sample["split"] == "test") & sample["boneage"].notna()]
+    known = {str(identifier) for identifier in known_ids}
+    left_out = int(rows["id"].astype(str).isin(known).sum())
+    rows = rows[~rows["id"].astype(str).isin(known)].reset_index(drop=True)
+    if rows.empty:
+        return evaluation.external_check_skipped(f"no labelled test images in {folder} that the run has not seen",
+                                                 folder)
+    images = preprocessing.preprocess_paths(
+        rows["path"], parameters.image_size, pad_to_square=parameters.pad_to_square, contrast=parameters.contrast,
+        hand_crop=parameters.hand_crop, progress=False,
+    )
+    male = rows["male"].to_numpy(dtype="float32")
+    predicted = np.asarray(predict(images, male), dtype=float).ravel()
+    low, high = interval.interval(predicted)
+    check = evaluation.external_check(
+        rows["boneage"].to_numpy(dtype=float), predicted, low, high, ids=rows["id"], male=rows["male"],
+        quality_flags=quality_reference.flag(images), folder=config.display_path(folder),
+        labels="official RSNA 2017 test ground truth: the mean of six radiologists' readings",
+    )
+    check["left_out_seen_ids"] = left_out
+    return check

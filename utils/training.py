@@ -1,7 +1,12 @@
 """Fit a bone-age model with a time budget, early stopping, and checkpoints that survive interruption.
 
 Files in `checkpoint_dir`: `best.keras` (best validation MAE so far), `last.keras` (after every
-epoch, with the optimizer state) and `state.json` (completed epochs, history, training seconds).
+epoch, with the optimizer state) and `state.json` (completed epochs, history, training seconds,
+the epoch best.keras holds). After each epoch the models are written first, under names of that
+epoch (`last.epoch0007.keras`, `best.epoch0007.keras`), then state.json, which records the epoch
+(the commit), then they are renamed into place. A kill at any point leaves either a committed
+epoch whose renames the next start finishes, or an uncommitted one whose files it deletes, so
+best.keras and state.json always agree.
 Calling `train_model` again with the same arguments after an interruption continues from the
 last completed epoch; a run that already finished (all epochs, early stopping, or budget) is
 not trained further, only its best weights are loaded. More epochs, another patience or budget
@@ -21,9 +26,13 @@ iterator, so both match an uninterrupted run statistically, not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.files import atomic_path, write_json_atomic
-from utils.model import compile_model
+from utils.model import backbone_layers, compile_model
 
 MONITOR = "val_mae"  # validation MAE in months
 
@@ -74,6 +83,9 @@ def train_model(
     training_options: dict | None = None,
     progress: bool = True,
     callbacks: tuple = (),
+    strategy=None,
+    freeze_backbone_epochs: int = 0,
+    finetune_learning_rate_factor: float = 1.0,
 ) -> dict:
     """Compile and fit `model` on (images uint8 (N,S,S), male (N,), boneage (N,)) tuples; returns the history.
 
@@ -81,6 +93,16 @@ def train_model(
     best_epoch, best_val_mae, stop_reason, training_seconds, train_images_per_second) is
     written as JSON to `history_path`. `training_options` go to `compile_model` (loss, weight
     decay, EMA: `Parameters.training_options()`). `callbacks` are extra Keras callbacks.
+
+    `strategy` (model.distribution_strategy; the model must have been built in its scope):
+    `batch_size` is global, each replica gets its share of every batch, so the optimisation is
+    that of one device with the same batch (the learning rate needs no change; scale it with
+    batch_size, `Parameters.peak_learning_rate`). BatchNorm is synchronised across replicas while
+    it trains (Keras' per-replica moving statistics drift apart otherwise, and the replicas then
+    predict differently); checkpoints, resume and the time budget work as without it.
+    `freeze_backbone_epochs`: the layers before the pooling (`model.backbone_layers`) are frozen for
+    that many epochs, then the whole network trains at `finetune_learning_rate_factor` times the
+    schedule's learning rate; checkpoints hold the whole network trainable, so any epoch resumes.
     """
     checkpoint_dir = Path(checkpoint_dir)
     training_options = dict(training_options or {})
@@ -90,31 +112,107 @@ def train_model(
         train_size=len(train[0]), train_data_sha256=_data_fingerprint(train), training_options=training_options,
     )
     steps_per_epoch = math.ceil(len(train[0]) / batch_size)
-    compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
-                  epochs=epochs, **training_options)
-    _remove_leftover_temporaries(checkpoint_dir)
-    state = _resume(model, checkpoint_dir, settings)
+    frozen = backbone_layers(model) if freeze_backbone_epochs else []
+    if frozen:  # recorded only then, so that the checkpoints of other runs keep resuming
+        settings.update(freeze_backbone_epochs=freeze_backbone_epochs,
+                        finetune_learning_rate_factor=finetune_learning_rate_factor)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
+                      epochs=epochs, **training_options, freeze_steps=steps_per_epoch * freeze_backbone_epochs if frozen else 0,
+                      finetune_factor=finetune_learning_rate_factor)
+        if frozen:  # the optimizer holds state for every weight, frozen or not
+            model.optimizer.build(model.trainable_variables)
+        _remove_leftover_temporaries(checkpoint_dir)
+        _settle_checkpoints(checkpoint_dir)
+        state = _resume(model, checkpoint_dir, settings, ema=bool(training_options.get("ema")))
     history = state["history"]
-    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings)
+    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings,
+                            best_keras_epoch=state.get("best_keras_epoch", _best_epoch(history)))
     stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
     if stop_reason is None:
         # With EMA, validation and best.keras use the averaged weights: last.keras (and the
         # optimizer state) are written first with the raw ones, then the averages are swapped in.
-        keep_best = _BestKeeper(record)
-        epoch_end = [record, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), keep_best] if training_options.get("ema") \
-            else [record, keep_best]
-        model.fit(
-            make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
-            validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
-            epochs=epochs,
-            initial_epoch=len(history.get("epoch", [])),
-            callbacks=[*epoch_end, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds), *callbacks],
-            verbose=2 if progress else 0,
-            shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
-        )
+        keep_best, commit = _BestKeeper(record), _Commit(record)
+        epoch_end = [record, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), keep_best, commit] \
+            if training_options.get("ema") else [record, keep_best, commit]
+        initial_epoch = len(history.get("epoch", []))
+        with _fine_tuning(model, frozen, freeze_backbone_epochs, initial_epoch) as freezing, \
+                _synchronised_batchnorm(model, strategy):
+            model.fit(
+                make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+                validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                callbacks=[*freezing, *epoch_end, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds),
+                           *callbacks],
+                verbose=2 if progress else 0,
+                shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
+            )
         stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
     model.load_weights(checkpoint_dir / "best.keras")
     return record.finish(stop_reason)
+
+
+@contextlib.contextmanager
+def _fine_tuning(model: keras.Model, frozen: list, freeze_epochs: int, initial_epoch: int):
+    """The callbacks of `fit` that freeze `frozen` for the first `freeze_epochs` epochs (none without
+    them); the whole network is trainable again afterwards, however `fit` ends."""
+    if not frozen:
+        yield []
+        return
+    freezer = _FreezeBackbone(frozen, freeze_epochs)
+    freezer.set_frozen(initial_epoch < freeze_epochs)  # before fit traces its train step
+    freezer.traced_frozen = initial_epoch < freeze_epochs
+    try:
+        yield [freezer]
+    finally:
+        freezer.set_frozen(False)
+
+
+class _FreezeBackbone(keras.callbacks.Callback):
+    """Frozen layers during the first epochs. A changed set of trainable weights needs a new train
+    step (the traced one captured the old set). Each epoch ends with everything trainable again,
+    before the checkpoint callbacks save, so that every checkpoint loads with the same optimizer."""
+
+    def __init__(self, frozen: list, freeze_epochs: int):
+        super().__init__()
+        self.frozen, self.freeze_epochs, self.traced_frozen = frozen, freeze_epochs, None
+
+    def set_frozen(self, frozen: bool) -> None:
+        for layer in self.frozen:
+            layer.trainable = not frozen
+
+    def on_epoch_begin(self, epoch, logs=None):
+        frozen = epoch < self.freeze_epochs
+        self.set_frozen(frozen)
+        if frozen != self.traced_frozen:
+            self.model.make_train_function(force=True)
+            self.traced_frozen = frozen
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.set_frozen(False)
+
+
+@contextlib.contextmanager
+def _synchronised_batchnorm(model: keras.Model, strategy):
+    """BatchNorm over the global batch while training on several replicas (TensorFlow's
+    SyncBatchNorm); restored afterwards, so that the saved model is the ordinary one."""
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)] \
+        if replicas > 1 else []
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = False
+
+
+def _all_layers(layer):
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from _all_layers(child)
 
 
 def _data_fingerprint(arrays: tuple) -> str:
@@ -134,6 +232,69 @@ def _remove_leftover_temporaries(checkpoint_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+PENDING = re.compile(r"(last|best)\.epoch(\d+)\.keras")
+
+
+def _pending(checkpoint_dir: Path, kind: str, epoch: int) -> Path:
+    """Where an epoch's model is written before state.json commits it (kind: "last" or "best")."""
+    return checkpoint_dir / f"{kind}.epoch{epoch:04d}.keras"
+
+
+def _promote(checkpoint_dir: Path, epoch: int) -> None:
+    """After the commit: an epoch's models become last.keras and best.keras."""
+    for kind in ("last", "best"):
+        pending = _pending(checkpoint_dir, kind, epoch)
+        if pending.exists():
+            os.replace(pending, checkpoint_dir / f"{kind}.keras")
+
+
+def _settle_checkpoints(checkpoint_dir: Path) -> None:
+    """Finish the renames of an epoch that state.json committed, delete the files of one it did not."""
+    state_file = checkpoint_dir / "state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
+    committed = state.get("checkpoint_epoch")
+    finished, discarded = set(), set()
+    for pending in sorted(checkpoint_dir.glob("*.epoch*.keras")):
+        match = PENDING.fullmatch(pending.name)
+        if not match:
+            continue
+        kind, epoch = match.group(1), int(match.group(2))
+        if epoch == committed and (kind == "last" or state.get("best_keras_epoch") == epoch):
+            os.replace(pending, checkpoint_dir / f"{kind}.keras")
+            finished.add(epoch)
+        else:
+            pending.unlink()
+            discarded.add(epoch)
+    for epoch in sorted(finished):
+        print(f"{checkpoint_dir}: finished saving epoch {epoch}, which a stop interrupted after it was recorded")
+    for epoch in sorted(discarded):
+        print(f"{checkpoint_dir}: epoch {epoch} was stopped before it was recorded; it is trained again")
+
+
+def _check_best(checkpoint_dir: Path, state: dict, ema: bool) -> None:
+    """best.keras must hold the epoch the history names best; checkpoints of older code that a kill
+    left with an older best.keras are repaired from last.keras where that is the same model."""
+    values = state["history"].get(MONITOR, [])
+    if not values:
+        return
+    best_epoch = int(np.argmin(values)) + 1
+    best, last = checkpoint_dir / "best.keras", checkpoint_dir / "last.keras"
+    if "best_keras_epoch" in state:
+        if state["best_keras_epoch"] != best_epoch or not best.exists():
+            raise ValueError(
+                f"{checkpoint_dir}: best.keras holds epoch {state['best_keras_epoch']} but the history's best is "
+                f"epoch {best_epoch}; delete that folder to start again"
+            )
+        return
+    # Older checkpoints wrote best.keras after state.json: a kill between them left it behind.
+    if best_epoch == len(values) and (not best.exists() or best.stat().st_mtime_ns < last.stat().st_mtime_ns):
+        if ema:
+            raise ValueError(f"{checkpoint_dir}: best.keras is older than the best epoch ({best_epoch}) the history "
+                             "records (a kill while saving); delete that folder to start again")
+        shutil.copyfile(last, best)
+        print(f"{checkpoint_dir}: best.keras repaired from last.keras (epoch {best_epoch}, the best)")
+
+
 def _resume_settings(model: keras.Model, **settings) -> dict:
     """What a checkpoint must have been trained with to be resumed: the network (its whole
     configuration, target scaling included) and how it was fed."""
@@ -142,7 +303,7 @@ def _resume_settings(model: keras.Model, **settings) -> dict:
     return {"network_sha256": network, **settings}
 
 
-def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict) -> dict:
+def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict, ema: bool = False) -> dict:
     """Restore weights and optimizer state from last.keras; the saved state, or a fresh one."""
     state_file, last = checkpoint_dir / "state.json", checkpoint_dir / "last.keras"
     if not (state_file.exists() and last.exists()):
@@ -155,6 +316,7 @@ def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict) -> dict:
             f"{checkpoint_dir} holds a run trained with other settings ({', '.join(changed)} differ); "
             "delete that folder to start again, or give the run another run_name"
         )
+    _check_best(checkpoint_dir, state, ema)
     saved = keras.models.load_model(last)
     model.set_weights(saved.get_weights())
     model.optimizer.build(model.trainable_variables)
@@ -163,6 +325,11 @@ def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict) -> dict:
     for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
         variable.assign(value)
     return state
+
+
+def _best_epoch(history: dict) -> int | None:
+    values = history.get(MONITOR, [])
+    return int(np.argmin(values)) + 1 if values else None
 
 
 def _epochs_since_best(history: dict) -> int:
@@ -193,12 +360,15 @@ def _save_atomic(model: keras.Model, destination: Path) -> None:
 
 
 class _EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: extend the history, write last.keras + state.json + history (`_BestKeeper` keeps best.keras)."""
+    """After each epoch: extend the history and write the epoch's last model (`_BestKeeper` writes
+    its best model, `_Commit` then state.json, the renames and the history)."""
 
-    def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, settings: dict):
+    def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, settings: dict,
+                 best_keras_epoch: int | None = None):
         super().__init__()
         self.checkpoint_dir, self.history_path = checkpoint_dir, Path(history_path)
         self.history, self.training_seconds, self.settings = history, training_seconds, settings
+        self.best_keras_epoch = best_keras_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -215,11 +385,17 @@ class _EpochRecorder(keras.callbacks.Callback):
         }
         for name, value in entry.items():
             self.history.setdefault(name, []).append(value)
-        _save_atomic(self.model, self.checkpoint_dir / "last.keras")
+        _save_atomic(self.model, _pending(self.checkpoint_dir, "last", epoch + 1))
+
+    def commit(self, epoch: int) -> None:
+        """state.json records epoch `epoch` (1-based) and which epoch best.keras holds; then the
+        epoch's models are renamed into place."""
         write_json_atomic(
             self.checkpoint_dir / "state.json",
-            {"history": self.history, "training_seconds": self.training_seconds, "settings": self.settings},
+            {"history": self.history, "training_seconds": self.training_seconds, "settings": self.settings,
+             "checkpoint_epoch": epoch, "best_keras_epoch": self.best_keras_epoch},
         )
+        _promote(self.checkpoint_dir, epoch)
         write_json_atomic(self.history_path, self.history)
 
     def finish(self, stop_reason: str) -> dict:
@@ -246,7 +422,19 @@ class _BestKeeper(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if _epochs_since_best(self.recorder.history) == 0:
-            _save_atomic(self.model, self.recorder.checkpoint_dir / "best.keras")
+            _save_atomic(self.model, _pending(self.recorder.checkpoint_dir, "best", epoch + 1))
+            self.recorder.best_keras_epoch = epoch + 1
+
+
+class _Commit(keras.callbacks.Callback):
+    """The end of an epoch's checkpoint: after `_EpochRecorder` and `_BestKeeper` wrote its models."""
+
+    def __init__(self, recorder: _EpochRecorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.recorder.commit(epoch + 1)
 
 
 class _StopRule(keras.callbacks.Callback):
