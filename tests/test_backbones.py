@@ -131,23 +131,29 @@ def test_every_backbone_takes_the_project_inputs_and_gives_months(name):
 
 
 @pytest.mark.slow
-def test_our_preprocessing_layers_equal_each_familys_preprocess_input():
+@pytest.mark.parametrize("name", BACKBONES)
+def test_our_preprocessing_layer_equals_each_familys_own(name):
+    """preprocess_input for ResNetV2 and InceptionV3; for EfficientNetV2 and ConvNeXt, whose networks
+    rescale inside, the same network with its own preprocessing against ours before it."""
     import keras
 
-    from utils import model
-
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
-    family = {"resnet50v2": keras.applications.resnet_v2, "inceptionv3": keras.applications.inception_v3,
-              "efficientnetv2b0": keras.applications.efficientnet_v2, "efficientnetv2s": keras.applications.efficientnet_v2,
-              "convnext_tiny": keras.applications.convnext}
-    for name, module in family.items():
-        expected = np.asarray(module.preprocess_input(pixels.copy()))
-        if backbones.SPECS[name].preprocessing == "tf":
-            ours = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(pixels)
-            np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-6)
-        else:  # the network rescales inside; preprocess_input is the identity
-            np.testing.assert_array_equal(expected, pixels)
-    assert model  # the layers above are the ones model._backbone_network uses
+    spec = backbones.SPECS[name]
+    scale, offset = backbones.PREPROCESSING[spec.preprocessing]
+    ours = keras.layers.Rescaling(scale, offset=offset)
+    size = SMALLEST.get(name, SMALL)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    constructor = getattr(keras.applications, spec.constructor)
+    if spec.constructor not in backbones.OWN_PREPROCESSING:
+        family = {"resnet50v2": keras.applications.resnet_v2, "inceptionv3": keras.applications.inception_v3}[name]
+        np.testing.assert_allclose(np.asarray(ours(pixels)), np.asarray(family.preprocess_input(pixels.copy())), atol=1e-6)
+        return
+    keras.utils.set_random_seed(0)
+    theirs = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+    plain = constructor(include_top=False, weights=None, input_shape=(size, size, 3), include_preprocessing=False)
+    plain.set_weights(theirs.get_weights())
+    expected = np.asarray(theirs(pixels, training=False))
+    np.testing.assert_allclose(np.asarray(plain(ours(pixels), training=False)), expected,
+                               atol=1e-4 * max(1.0, float(np.abs(expected).max())))
 
 
 @pytest.mark.slow

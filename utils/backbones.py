@@ -33,26 +33,42 @@ class Backbone:
     """One keras.applications network as the project uses it (include_top=False, our head on top)."""
 
     constructor: str      # attribute of keras.applications
-    # How the network wants its 3-channel 0..255 pixels. "inside": the network rescales them
-    # itself (EfficientNetV2 and ConvNeXt have Rescaling/Normalization layers in the model; their
-    # preprocess_input is the identity). "tf": preprocess_input's mode "tf", x / 127.5 - 1
-    # (ResNetV2, InceptionV3), which model.py applies as a Keras Rescaling layer, so that the
-    # .keras file and the ONNX export need no Lambda and no custom layer.
+    # How the network wants its 3-channel 0..255 pixels (PREPROCESSING). ResNetV2 and InceptionV3:
+    # preprocess_input's mode "tf", x / 127.5 - 1. EfficientNetV2 and ConvNeXt rescale inside the
+    # network (their preprocess_input is the identity): EfficientNetV2-S x / 128 - 1; B0 and
+    # ConvNeXt the ImageNet mean and SD per channel, with Normalization layers whose constants
+    # Keras' ONNX export turns into extra graph inputs. So the project builds every network
+    # without its own preprocessing (include_preprocessing=False) and applies the same
+    # arithmetic as one Keras Rescaling layer (per channel where needed): no Lambda, no custom
+    # layer, the same in .keras and ONNX (tests/test_backbones.py checks it against each network's own).
     preprocessing: str
     weights_file: str     # the ImageNet weights without the classifier, as Keras names the file
     weights_url: str
 
 
+# ImageNet's mean and SD per channel (RGB), of pixels scaled to 0..1.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_SD = (0.229, 0.224, 0.225)
+# (scale, offset) of a Rescaling layer on 0..255 pixels: x * scale + offset.
+PREPROCESSING = {
+    "tf": (1.0 / 127.5, -1.0),
+    "tf128": (1.0 / 128.0, -1.0),
+    "imagenet_mean_sd": ([1.0 / (255.0 * sd) for sd in IMAGENET_SD],
+                         [-mean / sd for mean, sd in zip(IMAGENET_MEAN, IMAGENET_SD)]),
+}
+# Which keras.applications constructors take include_preprocessing (the others have none).
+OWN_PREPROCESSING = ("EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny")
+
 SPECS = {
-    "efficientnetv2b0": Backbone("EfficientNetV2B0", "inside", "efficientnetv2-b0_notop.h5",
+    "efficientnetv2b0": Backbone("EfficientNetV2B0", "imagenet_mean_sd", "efficientnetv2-b0_notop.h5",
                                  _KERAS_APPLICATIONS + "efficientnet_v2/efficientnetv2-b0_notop.h5"),
-    "efficientnetv2s": Backbone("EfficientNetV2S", "inside", "efficientnetv2-s_notop.h5",
+    "efficientnetv2s": Backbone("EfficientNetV2S", "tf128", "efficientnetv2-s_notop.h5",
                                 _KERAS_APPLICATIONS + "efficientnet_v2/efficientnetv2-s_notop.h5"),
     "resnet50v2": Backbone("ResNet50V2", "tf", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                            _KERAS_APPLICATIONS + "resnet/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     "inceptionv3": Backbone("InceptionV3", "tf", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
                             _KERAS_APPLICATIONS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "convnext_tiny": Backbone("ConvNeXtTiny", "inside", "convnext_tiny_notop.h5",
+    "convnext_tiny": Backbone("ConvNeXtTiny", "imagenet_mean_sd", "convnext_tiny_notop.h5",
                               _KERAS_APPLICATIONS + "convnext/convnext_tiny_notop.h5"),
 }
 assert set(SPECS) == set(BACKBONES), "parameters.BACKBONES and backbones.SPECS must name the same networks"

@@ -194,11 +194,12 @@ def _backbone_network(image, male, architecture: str, settings: dict, weights):
     spec = backbones.SPECS[architecture]
     # ImageNet networks read RGB: the same gray in each channel.
     x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
-    if spec.preprocessing == "tf":
-        # keras.applications' preprocess_input(mode="tf"): pixels / 127.5 - 1.
-        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="imagenet_preprocess")(x)
+    # The family's preprocess_input (or the network's built-in rescaling) as one Rescaling layer.
+    scale, offset = backbones.PREPROCESSING[spec.preprocessing]
+    x = layers.Rescaling(scale, offset=offset, name="imagenet_preprocess")(x)
+    own = {"include_preprocessing": False} if spec.constructor in backbones.OWN_PREPROCESSING else {}
     weights = None if weights is None else str(weights)
-    network = getattr(keras.applications, spec.constructor)(include_top=False, weights=weights, input_tensor=x)
+    network = getattr(keras.applications, spec.constructor)(include_top=False, weights=weights, input_tensor=x, **own)
     return _head(layers.Identity(name=LAST_CONV_LAYER)(network.output), male, settings)
 
 

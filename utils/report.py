@@ -1144,6 +1144,16 @@ def _external_check(run: _Run, styles) -> list:
             ["Within 12 months (%)", _number(external.get("within_12_pct")), _range(_interval_of(external, "within_12_pct"))],
             ["Interval coverage (%)", _number(external.get("coverage_pct")), _range(external.get("ci_coverage_pct"))]]
     story.append(_table(rows, [6.4 * cm, 3.0 * cm, 4.0 * cm], styles))
+    bias = _interval_of(external, "bias")
+    direction = ("reads these images older than the six readers" if bias and bias["low"] > 0 else
+                 "reads these images younger than the six readers" if bias and bias["high"] < 0 else
+                 "shows no clear bias on them")
+    story.append(_paragraph(
+        f"Against six readers the MAE is {_months(external.get('mae'), 2)}, against "
+        f"{_months(run.metrics.get('mae'), 2)} on our single-reader test split; the model {direction} (bias "
+        f"{_estimate(external, 'bias', 1, True)} months)"
+        + (f", and {external.get('left_out_seen_ids')} image(s) of the sample were left out because the run's own "
+           "data set holds them" if external.get("left_out_seen_ids") else "") + ".", styles))
     return story
 
 
