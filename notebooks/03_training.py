@@ -51,7 +51,8 @@ from utils.files import write_json_atomic
 parameters = load_parameters(preset, overrides)
 paths = config.RunPaths(parameters.run_name).make()
 table = study.load_split_table(parameters, paths)
-images = study.load_images(table, parameters)
+# image_cache mmap: the images stay in the cache file, and training reads each batch from it.
+images = study.load_images(table, parameters, mmap=parameters.image_cache == "mmap")
 train = study.split_arrays(table, images, "train")
 validation = study.split_arrays(table, images, "validation")
 target_mean, target_std = float(train[2].mean()), float(train[2].std())

@@ -361,7 +361,14 @@ def distribution_strategy(distribution: str):
 
     gpus = tf.config.list_logical_devices("GPU")
     devices = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices)
+    # TensorFlow announces the devices at INFO level on stdout; the notebook says it itself.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        return tf.distribute.MirroredStrategy(devices)
+    finally:
+        logger.setLevel(level)
 
 
 def augmentation_pipeline(model: keras.Model) -> keras.Sequential:

@@ -32,6 +32,7 @@ BACKBONE_MIN_IMAGE_SIZE = {"inceptionv3": 75}
 IMAGENET = "imagenet"  # init_weights: Keras' ImageNet weights of a keras.applications backbone
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "mirrored")
+IMAGE_CACHES = ("memory", "mmap")
 BLOCKS = ("plain", "residual")
 LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
@@ -171,6 +172,8 @@ class Parameters:
     pad_to_square: bool = _parameter(_boolean, "aspect-preserving pad before resizing")
     contrast: str = _parameter(_choice(*CONTRASTS), "contrast normalisation")
     hand_crop: str = _parameter(_choice(*HAND_CROPS), "crop to the hand before resizing")
+    image_cache: str = _parameter(_choice(*IMAGE_CACHES), "memory: training holds the images in memory; mmap: it "
+                                                         "reads each batch from the memory-mapped cache file")
     # network
     architecture: str = _parameter(_choice(*ARCHITECTURES), "our network, the seed study's, or a keras.applications "
                                    "backbone with our head")

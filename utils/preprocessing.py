@@ -417,8 +417,12 @@ def load_images(
     hand_crop: str = "none",
     cache_dir=config.CACHE_DIR,
     progress=True,
+    mmap: bool = False,
 ) -> np.ndarray:
     """Preprocessed images of `table["path"]`, uint8 (N, S, S) aligned with the rows, cached as .npy.
+
+    `mmap`: the cache file memory-mapped read-only (np.memmap) rather than read into memory, so
+    that a data set larger than the memory can be trained on (`CachedRows`, training.make_dataset).
 
     The cache key covers the parameters, PREPROCESSING_VERSION and every file's path, size and
     modification time, so that any change recomputes. A JSON beside the .npy describes the key.
@@ -432,7 +436,7 @@ def load_images(
     cache_file, key, key_inputs = _cache_location(paths, image_size, cache_dir=cache_dir, **options)
     expected_shape = (len(paths), image_size, image_size)
     if cache_file.exists():
-        images = np.load(cache_file)
+        images = np.load(cache_file, mmap_mode="r" if mmap else None)
         if images.shape == expected_shape and images.dtype == np.uint8:
             return images
     failures_file = cache_file.with_suffix(".failures.json")
@@ -447,7 +451,32 @@ def load_images(
         write_json_atomic(failures_file, {"failures": error.failures, "key_sha256": key})
         raise
     _write_cache(paths, images, image_size, cache_dir, **options)
-    return images
+    return np.load(cache_file, mmap_mode="r") if mmap else images
+
+
+class CachedRows:
+    """Some rows of a memory-mapped image cache, read only when asked for: what `study.split_arrays`
+    gives for a memory-mapped cache, and `training.make_dataset` streams batch by batch.
+    Indexing (an int, a slice or an index array) returns an ordinary array of those rows."""
+
+    def __init__(self, source: np.ndarray, rows):
+        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
+        self.shape, self.dtype, self.ndim = (len(self.rows), *source.shape[1:]), source.dtype, source.ndim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.source[self.rows[key]])
+
+    def __array__(self, dtype=None, copy=None):
+        """All the rows in memory (what the out-of-core path avoids; for code that needs an array)."""
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def chunks(self, size: int = 1024):
+        """The rows in order, `size` at a time (to hash or scan them in bounded memory)."""
+        for start in range(0, len(self), size):
+            yield self[start:start + size]
 
 
 def _write_cache(paths: list[str], images: np.ndarray, image_size: int, cache_dir, **options) -> None:

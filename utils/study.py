@@ -78,8 +78,9 @@ def load_split_table(parameters: Parameters, paths: config.RunPaths) -> pd.DataF
     return table
 
 
-def load_images(table: pd.DataFrame, parameters: Parameters, progress: bool = True) -> np.ndarray:
-    """Preprocessed uint8 images of `table`, from the cache after the first time."""
+def load_images(table: pd.DataFrame, parameters: Parameters, progress: bool = True, mmap: bool = False) -> np.ndarray:
+    """Preprocessed uint8 images of `table`, from the cache after the first time; `mmap`: the
+    cache file memory-mapped (stage 03 with `image_cache: mmap`)."""
     return preprocessing.load_images(
         table,
         parameters.image_size,
@@ -87,14 +88,16 @@ def load_images(table: pd.DataFrame, parameters: Parameters, progress: bool = Tr
         contrast=parameters.contrast,
         hand_crop=parameters.hand_crop,
         progress=progress,
+        mmap=mmap,
     )
 
 
 def split_arrays(table: pd.DataFrame, images: np.ndarray, split: str):
-    """(images, male, boneage) of one split, as the model and train_model take them."""
+    """(images, male, boneage) of one split, as the model and train_model take them; from a
+    memory-mapped cache the images are `preprocessing.CachedRows`, read batch by batch."""
     mask = (table["split"] == split).to_numpy()
     return (
-        images[mask],
+        preprocessing.CachedRows(images, np.flatnonzero(mask)) if isinstance(images, np.memmap) else images[mask],
         table.loc[mask, "male"].to_numpy(dtype="float32"),
         table.loc[mask, "boneage"].to_numpy(dtype="float32"),
     )

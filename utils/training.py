@@ -42,12 +42,20 @@ import tensorflow as tf
 
 from utils.files import atomic_path, write_json_atomic
 from utils.model import backbone_layers, compile_model
+from utils.preprocessing import CachedRows
 
 MONITOR = "val_mae"  # validation MAE in months
 
 
 def make_dataset(images: np.ndarray, male: np.ndarray, boneage: np.ndarray, *, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches of ({"image": float32 (S, S, 1), "male": float32 (1,)}, months) from uint8 arrays."""
+    """Batches of ({"image": float32 (S, S, 1), "male": float32 (1,)}, months) from uint8 arrays.
+
+    Images of a memory-mapped cache (np.memmap, `preprocessing.CachedRows`) stay on disk: the
+    dataset shuffles row numbers (the same permutation as the images would get) and reads each
+    batch's rows when it is needed, so the batches, and so training, are the same as in memory.
+    """
+    if isinstance(images, (np.memmap, CachedRows)):
+        return _out_of_core_dataset(images, male, boneage, batch_size=batch_size, shuffle=shuffle, seed=seed)
     images = np.asarray(images)
     if images.ndim != 3 or not len(images) == len(male) == len(boneage):
         raise ValueError(
@@ -63,6 +71,28 @@ def make_dataset(images: np.ndarray, male: np.ndarray, boneage: np.ndarray, *, b
         return {"image": tf.cast(image, tf.float32)[..., tf.newaxis], "male": male}, age
 
     # Casting after batching keeps the shuffle buffer in uint8 (4x smaller).
+    return dataset.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _out_of_core_dataset(images, male, boneage, *, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    rows = images if isinstance(images, CachedRows) else CachedRows(images, np.arange(len(images)))
+    if rows.ndim != 3 or not len(rows) == len(male) == len(boneage):
+        raise ValueError(
+            f"expected images (N, S, S), male (N,) and boneage (N,), got {rows.shape}, {np.shape(male)}, {np.shape(boneage)}"
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(rows), dtype=np.int64), np.asarray(male, np.float32).reshape(-1, 1),
+         np.asarray(boneage, np.float32).reshape(-1, 1))
+    )
+    if shuffle:
+        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    side = rows.shape[1:]
+
+    def to_inputs(index, male, age):
+        image = tf.numpy_function(lambda batch: rows[batch], [index], tf.uint8, stateful=False)
+        image = tf.ensure_shape(image, (None, *side))
+        return {"image": tf.cast(image, tf.float32)[..., tf.newaxis], "male": male}, age
+
     return dataset.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -219,9 +249,12 @@ def _data_fingerprint(arrays: tuple) -> str:
     """SHA-256 of the training images, sex flags and ages: the same size of other data must not resume."""
     digest = hashlib.sha256()
     for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
+        rows = array if isinstance(array, CachedRows) else None
+        array = array if rows is not None else np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+        # Row blocks of a memory-mapped cache: the same bytes, so the same digest, in bounded memory.
+        for block in (rows.chunks() if rows is not None else [array]):
+            digest.update(np.ascontiguousarray(block).tobytes())
     return digest.hexdigest()
 
 
