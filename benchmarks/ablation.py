@@ -68,7 +68,10 @@ def finished(name: str) -> bool:
     if not paths.metrics.exists():
         return False
     recorded = json.loads(paths.metrics.read_text())["run"]["parameters"]
-    return recorded == load_parameters(PRESET, overrides(name)).to_dict()
+    expected = load_parameters(PRESET, overrides(name)).to_dict()
+    # A parameter added after the run was made (data_seed, folds, fold) ran at its default.
+    defaults = load_parameters(PRESET).to_dict()
+    return {**{key: defaults[key] for key in expected.keys() - recorded.keys()}, **recorded} == expected
 
 
 def run(name: str) -> None:

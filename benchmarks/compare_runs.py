@@ -3,12 +3,13 @@
   .venv/bin/python -m utils.pipeline --preset rsna100 -p run_name rsna100_rerun -p report_at_root false
   .venv/bin/python benchmarks/compare_runs.py rsna100 rsna100_rerun
 
-Reads results/<run>/performance_metrics.json, training_summary.json and predictions_test.csv of
-both runs (the predictions are not committed, as they hold RSNA labels, so both runs must have
-been made on this machine). Writes results/benchmarks/reproducibility.json:
+Reads both runs with `utils.comparison.load_run` (performance_metrics.json and predictions_test.csv;
+the predictions are not committed, as they hold RSNA labels, so both runs must have been made on
+this machine) and their training_summary.json. Writes results/benchmarks/reproducibility.json:
 for our model and the seed baseline, the headline metrics side by side, the paired bootstrap
-interval of the MAE difference (utils.evaluation.paired_mae_difference), and, as an aside, the
-MAE of the two runs' averaged predictions (what a two-model ensemble would give).
+interval of the MAE difference (`utils.comparison.mae_difference`, as a sweep's comparison
+computes it), and, as an aside, the MAE of the two runs' averaged predictions (what a two-model
+ensemble would give). Many runs at once: `python -m utils.pipeline --sweep ...` (README, Many runs).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import json
 from datetime import datetime, timezone
 
 import numpy as np
-import pandas as pd
 
-from utils import config, evaluation
+from utils import comparison, config, evaluation
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "reproducibility.json"
@@ -31,17 +31,14 @@ TRAINING = ("best_epoch", "best_val_mae", "stop_reason", "training_seconds")
 
 
 def load_run(name: str) -> dict:
+    try:
+        run = comparison.load_run(name)
+    except ValueError as error:
+        raise SystemExit(f"{error}; run the pipeline with -p run_name {name} first") from None
     paths = config.RunPaths(name)
-    folder = paths.results
-    files = (paths.metrics, paths.training_summary, paths.predictions)
-    missing = [file.name for file in files if not file.exists()]
-    if missing:
-        raise SystemExit(f"{folder}: {', '.join(missing)} missing; run the pipeline with -p run_name {name} first")
-    return {
-        "metrics": json.loads(paths.metrics.read_text()),
-        "training": json.loads(paths.training_summary.read_text()),
-        "predictions": pd.read_csv(paths.predictions).set_index("id").sort_index(),
-    }
+    if not paths.training_summary.exists():
+        raise SystemExit(f"{paths.training_summary} missing; run the pipeline with -p run_name {name} first")
+    return {"run": run, "training": json.loads(paths.training_summary.read_text())}
 
 
 def training_record(run: dict, model: str) -> dict | None:
@@ -50,25 +47,27 @@ def training_record(run: dict, model: str) -> dict | None:
 
 
 def compare(run_a: dict, run_b: dict) -> dict:
-    if not run_a["predictions"].index.equals(run_b["predictions"].index):
-        raise SystemExit("the two runs were scored on different test images: not the same split")
-    y_true = run_a["predictions"]["boneage"].to_numpy(float)
+    a, b = run_a["run"], run_b["run"]
     result = {}
     for model, (column, metrics_key) in MODELS.items():
-        if column not in run_a["predictions"] or column not in run_b["predictions"]:
+        if column not in a.predictions or column not in b.predictions:
             continue
-        pred_a, pred_b = (run[column].to_numpy(float) for run in (run_a["predictions"], run_b["predictions"]))
-        metrics_a, metrics_b = (run["metrics"][metrics_key] if metrics_key else run["metrics"] for run in (run_a, run_b))
+        difference = comparison.mae_difference(b, a, column)
+        if difference is None:
+            raise SystemExit("the two runs were scored on different test images: not the same split")
+        pred_a, pred_b = (run.predictions[column].to_numpy(float) for run in (a, b))
+        metrics_a, metrics_b = (run.metrics[metrics_key] if metrics_key else run.metrics for run in (a, b))
         result[model] = {
             "metrics": {key: {"a": metrics_a[key], "b": metrics_b[key], "b_minus_a": metrics_b[key] - metrics_a[key]} for key in HEADLINE},
-            "mae_difference_paired_bootstrap": evaluation.paired_mae_difference(y_true, pred_a, pred_b),
+            "mae_difference_paired_bootstrap": difference,
             "prediction_difference_sd_months": float(np.std(pred_b - pred_a)),
             "training": {"a": training_record(run_a, model), "b": training_record(run_b, model)},
-            "averaged_predictions": evaluation.regression_metrics(y_true, (pred_a + pred_b) / 2),
+            "averaged_predictions": evaluation.regression_metrics(a.predictions["boneage"].to_numpy(float),
+                                                                  (pred_a + pred_b) / 2),
         }
     if "ours" in result:
         result["ours"]["interval_coverage_pct"] = {
-            name: run["metrics"]["prediction_interval"]["coverage_pct"] for name, run in (("a", run_a), ("b", run_b))
+            name: run.metrics["prediction_interval"]["coverage_pct"] for name, run in (("a", a), ("b", b))
         }
     return result
 
@@ -81,8 +80,8 @@ def main() -> None:
     run_a, run_b = load_run(arguments.run_a), load_run(arguments.run_b)
     report = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_a": {"name": arguments.run_a, "git_commit": run_a["metrics"]["run"]["git_commit"]},
-        "run_b": {"name": arguments.run_b, "git_commit": run_b["metrics"]["run"]["git_commit"]},
+        "run_a": {"name": arguments.run_a, "git_commit": run_a["run"].metrics["run"]["git_commit"]},
+        "run_b": {"name": arguments.run_b, "git_commit": run_b["run"].metrics["run"]["git_commit"]},
         **compare(run_a, run_b),
     }
     write_json_atomic(OUTPUT, report)

@@ -95,11 +95,15 @@ print(f"second load (from the cache): {time.perf_counter() - started:.2f} s")
 
 # %% [markdown]
 # ## The split
-# Stratified by age band × sex and seeded; rows a source layout marks as its test set stay in
-# test. Every later stage reads `split.csv`, so the split is made once per run.
+# Stratified by age band × sex and seeded (`data_seed`, by default `seed`); rows a source layout
+# marks as its test set stay in test. With `folds` K > 1 the test split is fold `fold` of K
+# (cross-validation: the K runs' test folds partition the data) and train, validation and
+# calibration share out the rest. Every later stage reads `split.csv`, so the split is made once
+# per run.
 
 # %%
-split = data.split_dataset(table, parameters.split_fractions, seed=parameters.seed)
+split = data.split_dataset(table, parameters.split_fractions, seed=parameters.resolved_data_seed,
+                           folds=parameters.folds, fold=parameters.fold)
 data.write_split(paths.split, table, split)
 table["split"] = split.to_numpy()
 table["age_band"] = evaluation.age_band(table["boneage"])

@@ -141,7 +141,7 @@ metrics = evaluation.build_performance_metrics(
     },
 )
 evaluation.write_performance_metrics(paths.metrics, metrics)
-headline = ["n", "mae", "rmse", "bias", "pearson_r", "r2", "within_6_pct", "within_12_pct", "within_24_pct"]
+headline = list(model_card.CARD_METRICS)
 
 
 def shown(value):

@@ -435,6 +435,26 @@ def test_split_follows_the_fractions_in_every_stratum():
             assert abs((stratum == name).sum() - fraction * len(stratum)) <= 2
 
 
+def test_folds_partition_the_data_stratified_with_calibration_inside_each_training_part():
+    table = synthetic_table(1000, test_rows=50)
+    folds = 5
+    splits = [data.split_dataset(table, FRACTIONS, seed=3, folds=folds, fold=fold) for fold in range(1, folds + 1)]
+    in_test = pd.concat([split == "test" for split in splits], axis=1)
+    assert (in_test.sum(axis=1) == 1).all(), "every row (source test rows too) is in exactly one test fold"
+    band = pd.cut(table["boneage"], [0, 24, 60, 120, 180, 240], right=False)
+    for split in splits:
+        assert abs((split == "test").sum() - len(table) / folds) <= 1
+        for _, stratum in split.groupby([band, table["male"]], observed=True):
+            assert abs((stratum == "test").sum() - len(stratum) / folds) <= 1
+        rest = split[split != "test"]
+        for name in ("train", "validation", "calibration"):  # the rest in the proportions of the fractions
+            assert abs((rest == name).sum() - FRACTIONS[name] / (1 - FRACTIONS["test"]) * len(rest)) <= 1
+    assert splits[0].equals(data.split_dataset(table.sample(frac=1, random_state=0), FRACTIONS, seed=3,
+                                               folds=folds, fold=1).loc[table.index])
+    with pytest.raises(ValueError, match=r"fold must be from 1 to folds \(3\), got 4"):
+        data.split_dataset(table, FRACTIONS, seed=3, folds=3, fold=4)
+
+
 def test_split_is_deterministic_and_ignores_row_order():
     table = synthetic_table(300)
     first = data.split_dataset(table, FRACTIONS, seed=7)

@@ -52,3 +52,10 @@ def test_one_member_is_the_model_itself_and_mixed_inputs_are_refused():
         ensemble.average([member(1), member(2, size=40)])
     with pytest.raises(ValueError, match="at least one"):
         ensemble.average([])
+
+
+def test_an_ensemble_of_runs_needs_two_finished_runs():
+    with pytest.raises(ValueError, match="at least two runs, got 1"):
+        ensemble.check_members(["one"])
+    with pytest.raises(ValueError, match="run 'never-ran': .*performance_metrics.json.* missing; an ensemble is made of runs"):
+        ensemble.check_members(["never-ran", "never-ran-either"])

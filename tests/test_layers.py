@@ -12,9 +12,9 @@ from utils import config
 FLOORS = [
     {"config", "files", "quality"},
     {"parameters", "evaluation", "synthetic", "plots", "clinical", "rejection"},
-    {"preprocessing", "conformal", "data", "figures", "result_formats", "backbones"},
+    {"preprocessing", "conformal", "data", "figures", "result_formats", "backbones", "comparison"},
     {"model", "model_card", "onnx_runtime", "study", "growth"},
-    {"training", "explain", "report", "ensemble"},
+    {"training", "explain", "report", "ensemble", "sweep"},
     {"predict", "pipeline"},
 ]
 FLOOR = {module: level for level, modules in enumerate(FLOORS) for module in modules}
@@ -47,7 +47,7 @@ def test_imports_go_downwards(module):
 
 @pytest.mark.parametrize("module, heavy", [("predict", "tensorflow"), ("predict", "keras"), ("model_card", "keras"),
                                            ("parameters", "cv2"), ("model", "onnxruntime"), ("report", "keras"),
-                                           ("backbones", "keras")])
+                                           ("backbones", "keras"), ("sweep", "tensorflow"), ("comparison", "keras")])
 def test_light_modules_stay_light(module, heavy):
     code = f"import sys, utils.{module}; print({heavy!r} in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

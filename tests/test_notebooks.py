@@ -8,7 +8,8 @@ import pytest
 
 from utils import config, pipeline
 
-NOTEBOOKS = [pipeline.NOTEBOOKS_DIR / f"{stage}.ipynb" for stage in pipeline.STAGES] + [pipeline.SUMMARY_NOTEBOOK]
+NOTEBOOKS = [pipeline.NOTEBOOKS_DIR / f"{stage}.ipynb" for stage in pipeline.STAGES] + [pipeline.SUMMARY_NOTEBOOK,
+                                                                                    pipeline.COMPARISON_NOTEBOOK]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)

@@ -67,6 +67,9 @@ def test_every_preset_loads():
         ("split_fractions", {"train": 0.85, "test": 0.15}, "split_fractions: .*validation is 0"),
         ("split_fractions", {"train": 0.5, "validation": 0.1, "calibration": 0.1, "test": 0.1},
          "split_fractions: expected fractions that sum to 1"),
+        ("folds", 0, "folds: expected an integer from 1 to 20, got 0"),
+        ("fold", 2, "fold: expected a fold from 1 to folds (1), got 2"),
+        ("data_seed", -1, "data_seed: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_values_are_named_with_what_they_expect(name, value, message):
@@ -103,3 +106,8 @@ def test_a_presets_file_without_a_default_is_refused(tmp_path):
     broken.write_text(yaml.safe_dump(presets))
     with pytest.raises(ValueError, match="`defaults` lacks loss"):
         load_parameters("ci", presets_file=broken)
+
+
+def test_the_data_seed_is_the_seed_unless_given():
+    assert load_parameters("ci", {"seed": 7}).resolved_data_seed == 7
+    assert load_parameters("ci", {"seed": 7, "data_seed": 42}).resolved_data_seed == 42

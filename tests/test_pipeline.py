@@ -82,7 +82,7 @@ def test_runner_writes_every_product(ci_run):
         assert (ci_run.notebooks / f"{stage}.ipynb").exists()
         assert (ci_run.notebooks / f"{stage}.html").stat().st_size > 10_000
     for figure in figures.FIGURES.values():
-        if not figure.optional:
+        if not figure.optional and figure.stage in pipeline.STAGES:  # 06_comparison draws for a sweep
             assert (ci_run.figures / figure.file_name).stat().st_size > 5_000, figure.name
     assert ci_run.report.read_bytes().startswith(b"%PDF")
     assert ci_run.model.exists() and ci_run.model_card.exists() and ci_run.onnx_model.exists()
@@ -201,6 +201,7 @@ def tiny_notebook(path, code: str):
     return path
 
 
+STAGE_PARAMETERS = {"preset": "ci", "overrides": {}}
 # The runner with its stage notebooks taken from a folder of tiny ones (argv[1]).
 RUNNER = "import sys, pathlib; from utils import pipeline; pipeline.NOTEBOOKS_DIR = pathlib.Path(sys.argv[1]); " \
          "sys.exit(pipeline.main(sys.argv[2:]))"
@@ -234,7 +235,7 @@ def test_a_cell_past_the_timeout_is_stopped_and_named(tmp_path):
     output = tmp_path / "out" / "sleepy.ipynb"
     started = time.monotonic()
     with pytest.raises(pipeline.StageFailed) as failure:
-        pipeline.execute_notebook(source, output, "ci", {}, timeout=2)
+        pipeline.execute_notebook(source, output, STAGE_PARAMETERS, timeout=2)
     assert time.monotonic() - started < 60
     message = str(failure.value)
     assert "sleepy.ipynb failed in cell 3 (execution count" in message and "time.sleep(120)" in message
@@ -246,15 +247,15 @@ def test_a_failed_rerun_keeps_the_finished_record_and_a_success_replaces_it(tmp_
     pipeline.ensure_kernel()
     output = tmp_path / "out" / "03_training.ipynb"
     failed = config.notebook_attempt(output, "failed")
-    pipeline.execute_notebook(tiny_notebook(tmp_path / "good.ipynb", "print('trained')"), output, "ci", {}, 60)
+    pipeline.execute_notebook(tiny_notebook(tmp_path / "good.ipynb", "print('trained')"), output, STAGE_PARAMETERS, 60)
     record, html = output.read_bytes(), output.with_suffix(".html").read_bytes()
     with pytest.raises(pipeline.StageFailed, match="ValueError: batch_size differs") as failure:
         pipeline.execute_notebook(tiny_notebook(tmp_path / "bad.ipynb", "raise ValueError('batch_size differs')"),
-                                  output, "ci", {}, 60)
+                                  output, STAGE_PARAMETERS, 60)
     assert output.read_bytes() == record and output.with_suffix(".html").read_bytes() == html
     assert failed.exists() and failed.with_suffix(".html").exists() and "batch_size differs" in failed.read_text()
     assert f"partly executed notebook: {failed}" in str(failure.value) and "03_training.ipynb is kept" in str(failure.value)
-    pipeline.execute_notebook(tmp_path / "good.ipynb", output, "ci", {}, 60)
+    pipeline.execute_notebook(tmp_path / "good.ipynb", output, STAGE_PARAMETERS, 60)
     assert not failed.exists() and not failed.with_suffix(".html").exists()
     assert not config.notebook_attempt(output, "running").exists()
 

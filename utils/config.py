@@ -143,6 +143,24 @@ class RunPaths:
         return self.results / "Report.pdf"
 
     @property
+    def sweep_record(self) -> Path:
+        """A sweep's folder (results/<sweep>/): its members, their commands, outcomes and wall times."""
+        return self.results / "sweep.json"
+
+    def member_log(self, member: str) -> Path:
+        """Everything a sweep's member printed, in the sweep's folder."""
+        return self.results / "logs" / f"{member}.log"
+
+    @property
+    def comparison_table(self) -> Path:
+        """One row per compared run (comparison.comparison_table), from notebooks/06_comparison."""
+        return self.results / "comparison.csv"
+
+    @property
+    def comparison_markdown(self) -> Path:
+        return self.results / "comparison.md"
+
+    @property
     def models(self) -> Path:
         return models_root() / self.run_name
 

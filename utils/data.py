@@ -464,11 +464,17 @@ def _write_dropped_rows(destination, problems: list[Problem]) -> None:
         dropped.to_csv(temporary, index=False)
 
 
-def split_dataset(table: pd.DataFrame, fractions: dict, seed: int) -> pd.Series:
+def split_dataset(table: pd.DataFrame, fractions: dict, seed: int, *, folds: int = 1, fold: int = 1) -> pd.Series:
     """The study split of each row (train/validation/calibration/test), indexed like `table`.
 
     Rows of the source test split stay in test; `fractions` share out the other rows, stratified by
     age band x sex. Deterministic for a seed, whatever the row order of `table`.
+
+    With `folds` K > 1 (K-fold cross-validation) every row, whatever its source split, falls in
+    one of K folds, stratified the same way; fold `fold` is the test split, and train, validation
+    and calibration share out the rest in the proportions of `fractions` (its test fraction is
+    not used). The K runs of one seed have test splits that partition the data, and each run's
+    calibration images stay inside its own training part.
     """
     weights = _check_fractions(fractions)
     missing = [column for column in ("id", "boneage", "male", "split") if column not in table.columns]
@@ -478,20 +484,34 @@ def split_dataset(table: pd.DataFrame, fractions: dict, seed: int) -> pd.Series:
         raise ValueError(
             f"{int(table['boneage'].isna().sum())} row(s) have no bone age; split only labelled rows"
         )
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold must be from 1 to folds ({folds}), got {fold}")
     split = pd.Series("test", index=table.index, dtype=str, name="split")
-    # Sorted by id first so that the split does not depend on the row order of `table`.
-    free = table[table["split"] != "test"].sort_values("id", kind="stable")
+    if folds == 1:
+        order = _stratified_order(table[table["split"] != "test"], seed)
+        split.loc[order] = _apportion(weights, len(order))
+        return split
+    order = _stratified_order(table, seed)
+    # Dealt out in turn along the stratified order, so that every fold holds 1/K of each stratum.
+    rest = order[np.arange(len(order)) % folds != fold - 1]
+    development = np.where(np.array(config.SPLITS) == "test", 0.0, weights)
+    split.loc[rest] = _apportion(development / development.sum(), len(rest))
+    return split
+
+
+def _stratified_order(rows: pd.DataFrame, seed: int) -> pd.Index:
+    """The rows' index sorted by age band, sex and a seeded shuffle: each stratum a contiguous stretch."""
+    # Sorted by id first so that the order does not depend on the row order of `table`.
+    rows = rows.sort_values("id", kind="stable")
     strata = pd.DataFrame(
         {
-            "band": evaluation.age_band(free["boneage"]),
-            "male": free["male"].to_numpy(dtype=bool),
-            "shuffle": np.random.default_rng(seed).random(len(free)),
+            "band": evaluation.age_band(rows["boneage"]),
+            "male": rows["male"].to_numpy(dtype=bool),
+            "shuffle": np.random.default_rng(seed).random(len(rows)),
         },
-        index=free.index,
+        index=rows.index,
     )
-    order = strata.sort_values(["band", "male", "shuffle"]).index
-    split.loc[order] = _apportion(weights, len(free))
-    return split
+    return strata.sort_values(["band", "male", "shuffle"]).index
 
 
 def _check_fractions(fractions: dict) -> np.ndarray:

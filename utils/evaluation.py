@@ -15,7 +15,8 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
   ``git_commit`` (``git rev-parse HEAD``, with ``-dirty`` if tracked files differ from it,
   ``"unknown"`` outside a git checkout), ``created_utc`` (ISO 8601),
   ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
-  when not installed).
+  when not installed); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
+  the names of its runs.
 - ``dataset``: ``name``, ``source``, ``n_images`` (sum of the splits), ``splits`` with the
   image counts of ``train``, ``validation``, ``calibration`` and ``test``.
 - ``model``: ``architecture``, ``parameters_count``, ``image_size``, ``path``.
@@ -296,31 +297,32 @@ def baseline_mae_mean_predictor(train_ages, test_ages) -> float:
     return regression_metrics(test_ages, np.full(test_ages.shape, train_ages.mean()))["mae"]
 
 
-def paired_mae_difference(y_true, pred_a, pred_b, *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+def paired_mae_difference(y_true, pred_a, pred_b, *, resamples: int = CI_RESAMPLES, confidence: float = CI_CONFIDENCE,
+                          seed: int = CI_SEED) -> dict:
     """MAE of b minus MAE of a on the same images, with a paired bootstrap interval.
 
     Two models scored on one test split share that split's sampling noise; drawing images with
-    replacement and scoring both on each draw leaves only the noise of their difference. An
-    interval that holds 0 means the split cannot tell the two apart (e.g. a rerun and the run).
+    replacement and scoring both on each draw (`bootstrap_ci`: scipy.stats.bootstrap, paired)
+    leaves only the noise of their difference. An interval that holds 0 means the split cannot
+    tell the two apart (e.g. a rerun and the run).
     """
     y_true, pred_a = _paired_arrays(y_true, pred_a)
     _, pred_b = _paired_arrays(y_true, pred_b)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     error_a, error_b = np.abs(pred_a - y_true), np.abs(pred_b - y_true)
-    draws = np.random.default_rng(seed).integers(0, y_true.size, (resamples, y_true.size))
-    differences = error_b[draws].mean(axis=1) - error_a[draws].mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(differences, [tail, 100 - tail])
+    interval = bootstrap_ci(_mean_difference, error_a, error_b, confidence=confidence, resamples=resamples, seed=seed)
     return {
         "n": int(y_true.size),
         "mae_a": float(error_a.mean()),
         "mae_b": float(error_b.mean()),
         "difference": float(error_b.mean() - error_a.mean()),
-        "low": float(low),
-        "high": float(high),
+        "low": None if interval is None else interval["low"],
+        "high": None if interval is None else interval["high"],
         "confidence_pct": 100 * confidence,
     }
+
+
+def _mean_difference(a, b, axis=-1):
+    return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
 
 # ---------------------------------------------------------------------------------------------

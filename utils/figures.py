@@ -90,6 +90,12 @@ _ALL = (
            "band reads as delayed or advanced; the box under each chart gives the reading. Drawn only when the "
            "data set has chronological ages (the synthetic data does: each hand is drawn for an age).",
            report=False, optional=True),
+    Figure("mae_per_run", "06_comparison", "MAE per run",
+           "Left: the test MAE of each run of a sweep with its 95% bootstrap interval. Right: each run's MAE minus "
+           "the reference run's on the same test images, with the paired bootstrap 95% interval (a run scored on "
+           "other images, of another data seed or fold, has no point). Runs differ by chance too: an interval of "
+           "the difference that holds 0 (the dashed line) means the test split cannot tell the two apart.",
+           report=False),
     Figure("age_distribution", "01_eda", "Age distribution",
            "Bone age in the data set by sex. Few images at the extremes mean larger errors there."),
     Figure("sample_grid", "01_eda", "Sample images",

@@ -48,6 +48,8 @@ CARD_VERSION = 2
 CARD_FILE = config.MODEL_CARD_FILE
 MODEL_FILE = config.MODEL_FILE
 RERUN_STAGES = "04,05"  # stage 04 writes the card; 05 reads stage 04's predictions
+# The headline test metrics a card carries (performance_metrics.json has them all).
+CARD_METRICS = ("n", "mae", "rmse", "bias", "pearson_r", "r2", "within_6_pct", "within_12_pct", "within_24_pct")
 
 
 @dataclass(frozen=True)

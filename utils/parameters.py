@@ -38,6 +38,7 @@ LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
 # A run name becomes a folder under results/ and models/: a plain name, never a path.
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_FOLDS = 20
 
 
 # ---- checks: each returns the cleaned value or raises ValueError("expected ...") ----------------
@@ -166,7 +167,12 @@ class Parameters:
     synthetic_image_size: int = _parameter(_integer(32, 2048), "side of the generated radiographs, pixels")
     drop_invalid: bool = _parameter(_boolean, "drop bad rows and images instead of stopping")
     split_fractions: dict = _parameter(_split_fractions, "train/validation/calibration/test fractions")
-    seed: int = _parameter(_integer(0), "seed of the split, the weights and the augmentation")
+    seed: int = _parameter(_integer(0), "seed of the weights, the augmentation and (unless data_seed) the data and split")
+    data_seed: int | None = _parameter(_optional(_integer(0)), "seed of the synthetic data and the split (null: seed); "
+                                       "runs of one data_seed share their test images")
+    folds: int = _parameter(_integer(1, MAX_FOLDS), "1: one split by split_fractions; K: K-fold cross-validation, "
+                            "the test split is fold `fold` of K")
+    fold: int = _parameter(_integer(1, MAX_FOLDS), "this run's test fold, 1..folds")
     # preprocessing
     image_size: int = _parameter(_integer(16, 1024), "model input side, pixels")
     pad_to_square: bool = _parameter(_boolean, "aspect-preserving pad before resizing")
@@ -228,6 +234,11 @@ class Parameters:
         if self.learning_rate_reference_batch is None:
             return self.learning_rate
         return self.learning_rate * self.batch_size / self.learning_rate_reference_batch
+
+    @property
+    def resolved_data_seed(self) -> int:
+        """The seed of the synthetic data and the split: `data_seed`, or `seed` when it is null."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def time_budget_seconds(self) -> float | None:
@@ -323,6 +334,8 @@ def _combination_problems(values: dict) -> list[str]:
     architecture, size = values["architecture"], values["image_size"]
     if size < BACKBONE_MIN_IMAGE_SIZE.get(architecture, 0):
         problems.append(f"image_size: {architecture} needs at least {BACKBONE_MIN_IMAGE_SIZE[architecture]} px, got {size}")
+    if values["fold"] > values["folds"]:
+        problems.append(f"fold: expected a fold from 1 to folds ({values['folds']}), got {values['fold']}")
     if values["init_weights"] == IMAGENET and architecture not in BACKBONES:
         problems.append(f"init_weights: 'imagenet' needs a keras.applications backbone ({', '.join(BACKBONES)}); "
                         f"architecture is {architecture!r}")

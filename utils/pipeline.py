@@ -3,11 +3,14 @@
     python -m utils.pipeline --preset demo
     python -m utils.pipeline --preset rsna100 -p epochs 30 -p run_name rsna100_e30
     python -m utils.pipeline --preset ci --stages 03,04
+    python -m utils.pipeline --preset rsna100 --sweep seed=1,2,3 --jobs 2      # many runs (utils/sweep.py)
 
 Every notebook is executed by papermill with the same two parameters, `preset` and
 `overrides`, so that one set of parameters (presets.yaml plus `-p` overrides) governs the
 whole run. Executed notebooks (.ipynb and .html), figures and performance_metrics.json go to
-results/<run_name>/, the model to models/<run_name>/.
+results/<run_name>/, the model to models/<run_name>/. A sweep (`--sweep`, `--folds`) runs one
+such run per combination on Dask, then notebooks/06_comparison.ipynb over them into
+results/<sweep>/ (comparison.csv, comparison.md, figures).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from utils import config
+from utils import config, sweep
 from utils.parameters import load_parameters
 from utils.files import atomic_path, write_json_atomic
 
@@ -39,6 +42,10 @@ KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 STAGES = ["01_eda", "02_preprocessing", "03_training", "04_evaluation", "05_error_analysis"]
 SUMMARY_NOTEBOOK = config.PROJECT_ROOT / "bone-age.ipynb"
+COMPARISON = "06_comparison"  # a sweep's comparison of its runs, executed with the list of runs
+COMPARISON_NOTEBOOK = NOTEBOOKS_DIR / f"{COMPARISON}.ipynb"
+METRICS_STAGE = "04_evaluation"  # what the comparison reads exists once this stage has run
+DEFAULT_TIMEOUT = 4 * 3600
 
 
 TRAINING_STAGE = "03_training"
@@ -90,9 +97,10 @@ def ensure_kernel() -> None:
         install(kernel_name=KERNEL_NAME, display_name="Python (bone-age)", prefix=sys.prefix)
 
 
-def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, timeout: int) -> float:
-    """Execute one notebook with papermill into `output` (the stage's record, with an .html copy);
-    return its wall time in seconds.
+def execute_notebook(source: Path, output: Path, parameters: dict, timeout: int) -> float:
+    """Execute one notebook with papermill into `output` (the stage's record, with an .html copy),
+    its parameters cell given `parameters` (a stage's `preset` and `overrides`); return its wall
+    time in seconds.
 
     The notebook is written to `<stage>.running.ipynb` while it runs. Only success replaces the
     record; a failure of any kind (a cell error, a cell running past `timeout`, a dead kernel,
@@ -113,7 +121,7 @@ def execute_notebook(source: Path, output: Path, preset: str, overrides: dict, t
             papermill.execute_notebook(
                 str(source),
                 str(running),
-                parameters={"preset": preset, "overrides": overrides},
+                parameters=parameters,
                 kernel_name=KERNEL_NAME,
                 cwd=str(source.parent),
                 progress_bar=True,
@@ -354,7 +362,7 @@ def _run_locked(parameters, paths: config.RunPaths, preset, overrides, stages, t
     for source, name in notebooks:
         print(f"== {name}", flush=True)
         try:
-            seconds = execute_notebook(source, paths.notebook(name), preset, overrides, timeout)
+            seconds = execute_notebook(source, paths.notebook(name), {"preset": preset, "overrides": overrides}, timeout)
         except StageFailed as failure:
             if name != TRAINING_STAGE or "trained with other settings" in str(failure):
                 raise
@@ -375,6 +383,46 @@ def _run_locked(parameters, paths: config.RunPaths, preset, overrides, stages, t
     return timings
 
 
+def run_sweep(preset: str, overrides: dict, axes: list, folds: int | None, stages: list[str], timeout: int,
+              report: bool, jobs: int, scheduler: str | None) -> int:
+    """Run every combination of a sweep on Dask (`sweep.execute`), then the comparison notebook over
+    the runs that finished; 0 when every run and the comparison succeeded, else 1.
+
+    The sweep holds the lock of its folder (results/<sweep>/), each run its own.
+    """
+    plan = sweep.plan(preset, overrides, axes, folds)
+    options = [] if stages == STAGES else ["--stages", ",".join(stage.split("_")[0] for stage in stages)]
+    options += [] if timeout == DEFAULT_TIMEOUT else ["--timeout", str(timeout)]
+    options += [] if report else ["--no-report"]
+    paths = config.RunPaths(plan.name)
+    with run_lock(paths):
+        where = scheduler or f"a local Dask cluster of {jobs} single-threaded worker process(es)"
+        print(f"sweep {plan.name!r}: {len(plan.members)} runs on {where} -> {paths.results}", flush=True)
+        for member in plan.members:
+            print(f"  {member.run_name}: {member.command(preset, options)}", flush=True)
+        started = time.perf_counter()
+        outcomes = sweep.execute(plan, options=options, jobs=jobs, scheduler=scheduler,
+                                 echo=lambda line: print(line, flush=True))
+        finished = [outcome["run_name"] for outcome in outcomes if outcome["status"] == "finished"]
+        status = 0 if len(finished) == len(outcomes) else 1
+        if METRICS_STAGE in stages and finished:
+            print(f"== {COMPARISON} of {len(finished)} run(s)", flush=True)
+            ensure_kernel()
+            try:
+                execute_notebook(COMPARISON_NOTEBOOK, paths.notebook(COMPARISON),
+                                 {"sweep": plan.name, "runs": finished, "reference": finished[0]}, timeout)
+                print(f"comparison: {paths.comparison_markdown}", flush=True)
+            except StageFailed as failure:
+                print(f"error: {failure}", file=sys.stderr)
+                status = 1
+        wall_seconds = time.perf_counter() - started
+        sweep.write_record(plan, outcomes, options=options, jobs=jobs, scheduler=scheduler, wall_seconds=wall_seconds)
+    failed = [outcome["run_name"] for outcome in outcomes if outcome["status"] != "finished"]
+    print(f"sweep {plan.name!r}: {len(finished)} of {len(outcomes)} runs finished in {wall_seconds / 60:.1f} min"
+          + (f"; failed: {', '.join(failed)} (their commands and logs: {paths.sweep_record})" if failed else ""), flush=True)
+    return status
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.pipeline",
@@ -387,14 +435,29 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--stages", help="comma-separated subset, e.g. 03,04 (default: all)")
     parser.add_argument(
-        "--timeout", type=int, default=4 * 3600,
+        "--timeout", type=int, default=DEFAULT_TIMEOUT,
         help="seconds one cell may run before the run is stopped (default: 4 h)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip Report.pdf")
+    many = parser.add_argument_group("many runs (a sweep: one run per combination, on Dask)")
+    many.add_argument("--sweep", action="append", metavar="NAME=VALUES",
+                      help="a parameter and its values, e.g. seed=1,2,3 (read as YAML); repeatable: every combination")
+    many.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: K runs whose test folds partition the data")
+    many.add_argument("--jobs", type=int, default=1, metavar="N",
+                      help="runs at a time on a local Dask cluster of N single-threaded workers (default: 1)")
+    many.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask cluster's scheduler, e.g. tcp://host:8786")
     arguments = parser.parse_args(argv)
     try:
         overrides = parse_overrides(arguments.parameter)
         stages = select_stages(arguments.stages)
+        if arguments.sweep or arguments.folds is not None:
+            if arguments.jobs < 1:
+                raise ValueError(f"--jobs: expected at least 1, got {arguments.jobs}")
+            axes = [sweep.parse_axis(text) for text in arguments.sweep or []]
+            return run_sweep(arguments.preset, overrides, axes, arguments.folds, stages, arguments.timeout,
+                             not arguments.no_report, arguments.jobs, arguments.scheduler)
+        if arguments.jobs != 1 or arguments.scheduler:
+            raise ValueError("--jobs and --scheduler run the runs of a sweep: give --sweep NAME=VALUES or --folds K")
         timings = run(arguments.preset, overrides, stages, arguments.timeout, report=not arguments.no_report)
     except StageFailed as error:
         print(f"error: {error}", file=sys.stderr)

@@ -390,6 +390,41 @@ def metrics_by_band(by_age_band: dict, baseline_by_age_band: dict | None = None)
 
 
 @_styled
+def mae_per_run(runs, mae, low, high, difference=None, difference_low=None, difference_high=None,
+                reference: str | None = None):
+    """Left: each run's test MAE with its 95% interval. Right (with `difference`): its MAE minus the
+    reference run's with the paired 95% interval; NaN marks a run scored on other images."""
+    runs = [str(run) for run in runs]
+    mae, low, high = (_as_vector(values, name) for values, name in ((mae, "mae"), (low, "low"), (high, "high")))
+    if not runs or not len(runs) == mae.size == low.size == high.size:
+        raise ValueError(f"expected one MAE and interval per run, got {len(runs)} runs and {mae.size} values")
+    panels = 1 if difference is None else 2
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1.5, 0.45 * len(runs) + 1.6), sharey=True,
+                                squeeze=False)
+    positions = np.arange(len(runs))
+    left = axes[0, 0]
+    left.errorbar(mae, positions, xerr=np.clip([mae - low, high - mae], 0, None), fmt="o", color=OURS_COLOR,
+                  ecolor=OURS_COLOR, capsize=3)
+    left.set_yticks(positions, runs)
+    left.set_ylim(len(runs) - 0.5, -0.5)  # the first run on top
+    left.set_xlabel("test MAE (months)")
+    left.set_title("MAE per run, 95% CI")
+    if difference is not None:
+        difference, difference_low, difference_high = (
+            _as_vector(values, "difference") for values in (difference, difference_low, difference_high))
+        right = axes[0, 1]
+        known = ~np.isnan(difference)
+        right.errorbar(difference[known], positions[known], fmt="o", color=TREND_COLOR, ecolor=TREND_COLOR, capsize=3,
+                       xerr=np.clip([difference[known] - difference_low[known],
+                                     difference_high[known] - difference[known]], 0, None))
+        right.axvline(0, color=MEAN_PREDICTOR_COLOR, linestyle="--", linewidth=1)
+        right.set_xlabel("MAE minus the reference's (months)")
+        right.set_title(f"Paired vs {reference or 'the reference'}, 95% CI")
+    figure.tight_layout()
+    return figure
+
+
+@_styled
 def calibration_plot(calibration_bins):
     """Mean true against mean predicted age per bin of predictions; marker area grows with n."""
     missing = {"mean_predicted", "mean_true", "n"} - set(calibration_bins.columns)

@@ -14,7 +14,7 @@ def dataset_folder(parameters: Parameters) -> Path:
     """The folder a run reads (for the synthetic default, where `prepare_dataset` generates it)."""
     if parameters.dataset == "synthetic":
         return config.SYNTHETIC_DIR / (
-            f"n{parameters.synthetic_images}_px{parameters.synthetic_image_size}_seed{parameters.seed}"
+            f"n{parameters.synthetic_images}_px{parameters.synthetic_image_size}_seed{parameters.resolved_data_seed}"
         )
     folder = Path(parameters.dataset).expanduser()
     if not folder.is_absolute():
@@ -31,7 +31,7 @@ def prepare_dataset(parameters: Parameters, progress: bool = True) -> Path:
         synthetic.generate_dataset(
             folder,
             parameters.synthetic_images,
-            seed=parameters.seed,
+            seed=parameters.resolved_data_seed,
             image_size=parameters.synthetic_image_size,
             progress=progress,
         )

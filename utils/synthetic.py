@@ -11,6 +11,7 @@ scaled by growth and mapped to pixels by one affine transform.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -585,15 +586,21 @@ def generate_dataset(folder, n_images: int, *, seed: int = 42, image_size: int =
     settings = _settings(n_images, seed, image_size)
     if _is_complete(folder, settings):
         return folder
-    (folder / MANIFEST).unlink(missing_ok=True)
-    image_folder = folder / IMAGE_FOLDER
-    image_folder.mkdir(parents=True, exist_ok=True)
-    rows = _render_all(image_folder, int(n_images), int(seed), int(image_size), progress)
-    table = pd.DataFrame(rows, columns=["id", "boneage", "male"])
-    _remove_stale_images(image_folder, set(table["id"]))
-    with atomic_path(folder / LABELS_CSV) as temporary:
-        table.to_csv(temporary, index=False)
-    write_json_atomic(folder / MANIFEST, settings)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Runs of a sweep may start together on one data set: one generates, the others wait and read it.
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_complete(folder, settings):
+            return folder
+        (folder / MANIFEST).unlink(missing_ok=True)
+        image_folder = folder / IMAGE_FOLDER
+        image_folder.mkdir(parents=True, exist_ok=True)
+        rows = _render_all(image_folder, int(n_images), int(seed), int(image_size), progress)
+        table = pd.DataFrame(rows, columns=["id", "boneage", "male"])
+        _remove_stale_images(image_folder, set(table["id"]))
+        with atomic_path(folder / LABELS_CSV) as temporary:
+            table.to_csv(temporary, index=False)
+        write_json_atomic(folder / MANIFEST, settings)
     return folder
 
 
