@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
 
 from utils import config
+from utils.evaluation import benchmark_machine_facts
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "image_cache_memory.json"
@@ -99,12 +98,7 @@ def main(argv=None) -> int:
                 "memory vs memory-mapped (image_cache: mmap)",
         "command": "python benchmarks/image_cache_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": rows,
-        "load_average_1_5_15_min_before": [round(value, 2) for value in load_before],
-        "load_average_1_5_15_min_after": [round(value, 2) for value in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "note": arguments.note,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **benchmark_machine_facts(load_before, arguments.note),
     }
     write_json_atomic(OUTPUT, record)
     print(json.dumps(record, indent=2))

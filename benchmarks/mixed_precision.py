@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
 
 from utils import config
-from utils.evaluation import matmul_gflops
+from utils.evaluation import benchmark_machine_facts, matmul_gflops
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "mixed_precision.json"
@@ -106,13 +104,8 @@ def main(argv=None) -> int:
         "warmup_steps": WARMUP_STEPS,
         "results": results,
         "numpy_fp32_matmul_gflops": round(gflops, 1),
-        "load_average_1_5_15_min_before": [round(value, 2) for value in load_before],
-        "load_average_1_5_15_min_after": [round(value, 2) for value in os.getloadavg()],
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
         "cpu_low_precision_flags": _cpu_flags(),
-        "note": arguments.note,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **benchmark_machine_facts(load_before, arguments.note),
     }
     write_json_atomic(OUTPUT, record)
     print(json.dumps(record, indent=2))

@@ -59,6 +59,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import math
+import os
 import platform
 import subprocess
 import time
@@ -701,6 +702,19 @@ def library_versions() -> dict:
             except importlib.metadata.PackageNotFoundError:
                 continue
     return versions
+
+
+def benchmark_machine_facts(load_before, note: str) -> dict:
+    """The machine side of a benchmark record, so that its numbers compare across machines: the
+    load average before and after, cores, processor, what else ran (`note`), and the time."""
+    return {
+        "load_average_1_5_15_min_before": [round(value, 2) for value in load_before],
+        "load_average_1_5_15_min_after": [round(value, 2) for value in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "note": note,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
