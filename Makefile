@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -v --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto  # pytest-xdist: one worker per core
 
 ## Pair notebooks after editing either side.
 sync: setup

@@ -11,7 +11,8 @@ fits in a session (`SHARED`): one change at a time against `base`. Variants are 
 the validation MAE (the test MAE is reported, never used to choose). A run interrupted half
 way resumes from its checkpoint when this command is given again.
 
-Writes results/benchmarks/ablation.json, ablation.md and ablation.png.
+Writes results/benchmarks/ablation.json, ablation.md and ablation.png. A variant whose run
+folder is not here keeps its row from the committed ablation.json (same command, same schedule).
 """
 
 from __future__ import annotations
@@ -139,8 +140,21 @@ def figure(rows: list[dict]):
     return figure
 
 
+def recorded_rows() -> dict[str, dict]:
+    """Rows of the committed table, for variants whose run folders are not on this machine."""
+    path = OUTPUT / "ablation.json"
+    if not path.exists():
+        return {}
+    recorded = json.loads(path.read_text())
+    if recorded.get("shared_overrides") != SHARED:
+        return {}  # another schedule: its rows do not compare with these
+    return {item["variant"]: item for item in recorded["rows"]
+            if item["variant"] in VARIANTS and item["command"] == command(item["variant"])}
+
+
 def tabulate() -> list[dict]:
-    rows = [item for item in (row(name) for name in VARIANTS) if item]
+    earlier = recorded_rows()
+    rows = [item for item in (row(name) or earlier.get(name) for name in VARIANTS) if item]
     if not rows:
         print("no finished variant yet")
         return rows

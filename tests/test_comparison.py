@@ -115,6 +115,7 @@ def test_markdown_shows_every_run_and_the_reference():
     assert "that of `md-seed1`" in text
 
 
+@pytest.mark.slow
 def test_the_comparison_notebook_writes_its_table_markdown_and_figure():
     runs = [fake_run("nb-seed1", seed=1), fake_run("nb-seed2", seed=2)]
     pipeline.ensure_kernel()

@@ -22,6 +22,7 @@ def inputs(n=5):
     return rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8), rng.integers(0, 2, n).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_the_ensemble_predicts_the_mean_of_its_members(tmp_path):
     members = [member(seed) for seed in (1, 2, 3)]
     images, male = inputs()
@@ -35,6 +36,7 @@ def test_the_ensemble_predicts_the_mean_of_its_members(tmp_path):
     assert len(ensemble.members_of(reloaded)) == 3 and ensemble.explainable(reloaded).name == "member1"
 
 
+@pytest.mark.slow
 def test_the_onnx_export_of_an_ensemble_matches_keras(tmp_path):
     from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx
 

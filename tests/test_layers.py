@@ -46,7 +46,9 @@ def test_imports_go_downwards(module):
 
 
 @pytest.mark.parametrize("module, heavy", [("predict", "tensorflow"), ("predict", "keras"), ("model_card", "keras"),
-                                           ("parameters", "cv2"), ("model", "onnxruntime"), ("report", "keras"),
+                                           ("parameters", "cv2"),
+                                           # utils.model imports TensorFlow itself: seconds in a new interpreter
+                                           pytest.param("model", "onnxruntime", marks=pytest.mark.slow), ("report", "keras"),
                                            ("backbones", "keras"), ("sweep", "tensorflow"), ("comparison", "keras")])
 def test_light_modules_stay_light(module, heavy):
     code = f"import sys, utils.{module}; print({heavy!r} in sys.modules)"

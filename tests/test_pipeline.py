@@ -213,6 +213,7 @@ def start_runner(notebooks, run_name, *arguments):
     return subprocess.Popen(command, cwd=config.PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_killed_kernel_ends_the_run_with_one_message_and_status_1(tmp_path):
     pipeline.ensure_kernel()
     tiny_notebook(tmp_path / "02_preprocessing.ipynb", "os.kill(os.getpid(), 9)  # as the out-of-memory killer does")
@@ -229,6 +230,7 @@ def test_a_killed_kernel_ends_the_run_with_one_message_and_status_1(tmp_path):
     assert not config.RunPaths(run_name).lock.exists()
 
 
+@pytest.mark.slow
 def test_a_cell_past_the_timeout_is_stopped_and_named(tmp_path):
     pipeline.ensure_kernel()
     source = tiny_notebook(tmp_path / "sleepy.ipynb", "time.sleep(120)")
@@ -243,6 +245,7 @@ def test_a_cell_past_the_timeout_is_stopped_and_named(tmp_path):
     assert config.notebook_attempt(output, "failed").exists() and not output.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_rerun_keeps_the_finished_record_and_a_success_replaces_it(tmp_path):
     pipeline.ensure_kernel()
     output = tmp_path / "out" / "03_training.ipynb"
@@ -260,6 +263,7 @@ def test_a_failed_rerun_keeps_the_finished_record_and_a_success_replaces_it(tmp_
     assert not config.notebook_attempt(output, "running").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_run_with_status_130_and_says_from_which_epoch_it_resumes(tmp_path):
     pipeline.ensure_kernel()
     run_name = "ctrl_c_test"

@@ -1,6 +1,8 @@
 """The prediction command end to end, on a tiny model folder built here: JSON, CSV, DICOM, errors."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -94,10 +96,21 @@ def kaggle_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def run_cli(*arguments, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "utils.predict", *map(str, arguments)], capture_output=True, text=True, cwd=cwd, timeout=120
-    )
+def run_cli(*arguments, cwd=None, own_process=False) -> subprocess.CompletedProcess:
+    """The command's status, stdout and stderr. In this process by default (a new interpreter
+    per call cost most of this file's time); `own_process` where what a C library writes to the
+    process's stderr, or the command's imports, are under test."""
+    arguments = [str(argument) for argument in arguments]
+    if own_process:
+        return subprocess.run([sys.executable, "-m", "utils.predict", *arguments],
+                              capture_output=True, text=True, cwd=cwd, timeout=120)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = predict.main(arguments)
+        except SystemExit as exit_:  # argparse's usage errors
+            status = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(["utils.predict", *arguments], status, stdout.getvalue(), stderr.getvalue())
 
 
 def write_png(path: Path, age=100, male=False, seed=7) -> Path:
@@ -131,7 +144,7 @@ def write_dicom(path: Path, pixels: np.ndarray, sex="F", age="010Y") -> Path:
 
 def test_one_png_prints_the_reading_as_json(model_dir, tmp_path):
     image = write_png(tmp_path / "hand.png")
-    result = run_cli(image, "--sex", "f", "--model", model_dir)
+    result = run_cli(image, "--sex", "f", "--model", model_dir, own_process=True)  # `python -m` end to end
     assert result.returncode == 0, result.stderr
     reading = json.loads(result.stdout)
     assert set(reading) == JSON_KEYS
@@ -550,7 +563,7 @@ def noise_png(path: Path, side=512) -> bytes:
 def test_a_damaged_png_is_named_on_the_first_line(model_dir, tmp_path, damage, problem):
     image = tmp_path / "hand.png"
     image.write_bytes(damage(noise_png(tmp_path / "hand.png")))
-    result = run_cli(image, "--sex", "F", "--model", model_dir)
+    result = run_cli(image, "--sex", "F", "--model", model_dir, own_process=True)  # libpng writes to fd 2
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [f"error: {image}: {problem}"]
 

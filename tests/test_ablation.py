@@ -1,0 +1,28 @@
+"""The ablation table keeps the rows of variants whose run folders are on another machine."""
+
+import importlib.util
+import json
+
+from utils import config
+
+spec = importlib.util.spec_from_file_location("ablation", config.PROJECT_ROOT / "benchmarks" / "ablation.py")
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def recorded_row(name, **changes):
+    return {"variant": name, "description": ablation.VARIANTS[name][0], "command": ablation.command(name),
+            "validation_mae": 11.0, "test_mae": 10.5, "test_within_12_pct": 65.0, "training_minutes": 40.0,
+            "training_images_per_second": 40.0, "numpy_fp32_matmul_gflops": 100.0, **changes}
+
+
+def test_rows_without_a_run_folder_are_kept_only_for_the_same_command_and_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "OUTPUT", tmp_path)
+    rows = [recorded_row("base"), recorded_row("l1", command="python -m utils.pipeline --preset rsna100 -p loss l1")]
+    (tmp_path / "ablation.json").write_text(json.dumps({"shared_overrides": ablation.SHARED, "rows": rows}))
+    assert [item["variant"] for item in ablation.tabulate()] == ["base"]  # l1's command is not today's
+    table = json.loads((tmp_path / "ablation.json").read_text())
+    assert [item["variant"] for item in table["rows"]] == ["base"] and (tmp_path / "ablation.png").exists()
+
+    (tmp_path / "ablation.json").write_text(json.dumps({"shared_overrides": {**ablation.SHARED, "epochs": 5}, "rows": rows}))
+    assert ablation.tabulate() == []  # another schedule: nothing compares
