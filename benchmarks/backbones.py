@@ -6,9 +6,9 @@ Writes results/benchmarks/backbones.json and prints the table as Markdown for th
 (network, size) runs in its own process on random images, random weights (speed does not depend
 on them): a warm-up step, then `train-steps` timed training steps (train_on_batch, augmentation
 on, the run's optimizer) and inference over `inference-batches` batches of 64 (Keras predict,
-no TTA). Run it on an idle machine: it takes both cores for a while (an estimate: 30-60 minutes
-here, most of it the large networks at 224 px; not yet run); the file records the numpy fp32 matmul
-speed and the load average, as the other benchmarks do.
+no TTA). Run it on an idle machine: it takes both cores for a while (30-60 minutes here, most of
+it the large networks at 224 px); each cell records the numpy fp32 matmul speed and the load
+average measured just before it, and the file is rewritten after every cell.
 """
 
 from __future__ import annotations
@@ -103,26 +103,35 @@ def main(argv=None) -> int:
     sizes = [int(size) for size in arguments.sizes.split(",") if size]
     load_before, gflops = os.getloadavg(), matmul_gflops()
     rows = []
+
+    def write(complete: bool) -> None:
+        # After every cell: an interrupted table keeps what it measured, marked incomplete.
+        write_json_atomic(OUTPUT, {
+            "what": "training and inference images/s of each network (random weights, random images), CPU, Keras",
+            "command": "python benchmarks/backbones.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "complete": complete,
+            "batch_size": arguments.batch_size,
+            "train_steps": arguments.train_steps,
+            "inference_images": 64 * arguments.inference_batches,
+            "results": rows,
+            "numpy_fp32_matmul_gflops": round(gflops, 1),
+            **benchmark_machine_facts(load_before, arguments.note),
+        })
+
     for architecture in architectures:
         for size in sizes:
             if size < BACKBONE_MIN_IMAGE_SIZE.get(architecture, 0):
                 rows.append({"architecture": architecture, "image_size": size,
                              "error": f"needs at least {BACKBONE_MIN_IMAGE_SIZE[architecture]} px"})
                 continue
-            rows.append(time_one(architecture, size, arguments.batch_size, arguments.train_steps,
-                                 arguments.inference_batches))
+            # The machine's speed drifts over a long table (shared cores): each cell records its own.
+            cell_gflops, cell_load = matmul_gflops(), os.getloadavg()[0]
+            rows.append({**time_one(architecture, size, arguments.batch_size, arguments.train_steps,
+                                    arguments.inference_batches),
+                         "numpy_fp32_matmul_gflops": round(cell_gflops, 1), "load_average_1_min": round(cell_load, 2)})
             print(json.dumps(rows[-1]), flush=True)
-    record = {
-        "what": "training and inference images/s of each network (random weights, random images), CPU, Keras",
-        "command": "python benchmarks/backbones.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "batch_size": arguments.batch_size,
-        "train_steps": arguments.train_steps,
-        "inference_images": 64 * arguments.inference_batches,
-        "results": rows,
-        "numpy_fp32_matmul_gflops": round(gflops, 1),
-        **benchmark_machine_facts(load_before, arguments.note),
-    }
-    write_json_atomic(OUTPUT, record)
+            write(complete=False)
+    write(complete=True)
     print(markdown(rows, sizes))
     return 0
 
