@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ import onnxruntime
 
 from utils import config
 from utils.parameters import load_parameters
+from utils.evaluation import benchmark_machine_facts, matmul_gflops
 from utils.files import write_json_atomic
 from utils.predict import folder_table, load_predictor
 
@@ -162,8 +161,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, help="a model folder (default: models/rsna100 if exported)")
     parser.add_argument("--runs", type=int, default=5, help="timed cold starts (median reported)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the folder (best reported)")
+    parser.add_argument("--note", default="", help="what else ran on the machine, recorded with the numbers")
     arguments = parser.parse_args(argv)
-    load_before = os.getloadavg()
+    load_before, gflops = os.getloadavg(), matmul_gflops()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         folder, data_description = benchmark_data(scratch)
@@ -176,20 +176,15 @@ def main(argv=None) -> None:
         image = sorted((folder / "boneage-training-dataset").glob("*.png"))[0]
         results = {
             "benchmark": "python -m utils.predict: cold start (one image) and folder throughput",
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "onnxruntime": onnxruntime.__version__,
-                "load_average_before": [round(value, 2) for value in load_before],
-            },
+            "numpy_fp32_matmul_gflops": round(gflops, 1),
+            "onnxruntime": onnxruntime.__version__,
             "model": model_description,
             "image_size": load_predictor(model_dir).image_size,
             "data": data_description,
             "cold_start": cold_start(model_dir, image, arguments.runs),
             "folder": folder_throughput(model_dir, folder, scratch, arguments.repeats),
         }
-    results["machine"]["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
+    results.update(benchmark_machine_facts(load_before, arguments.note))
     write_json_atomic(OUTPUT, results)
     print(json.dumps(results, indent=2))
 

@@ -91,7 +91,8 @@ test_table["quality_score"], test_table["quality_flag"] = quality_reference.asse
 baseline_pred = None
 if training_summary["seed_baseline"]:
     baseline_model = keras.models.load_model(paths.baseline_model)
-    baseline_pred = model.predict_months(baseline_model, test[0], test[1])
+    # The same test-time augmentation as ours, so that the comparison is like for like.
+    baseline_pred = model.predict_months(baseline_model, test[0], test[1], tta=parameters.tta)
     test_table["seed_baseline_pred"] = baseline_pred
 
 columns = ["id", "boneage", "male", "boneage_pred", "boneage_low", "boneage_high", "quality_score", "quality_flag"]
