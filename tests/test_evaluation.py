@@ -262,9 +262,10 @@ def test_build_performance_metrics_schema():
     expected = {
         "schema_version", "run", "dataset", "model", *evaluation.FLAT_METRIC_KEYS, "ci", "confidence_intervals",
         "baseline_mae_mean_predictor", "by_age_band", "by_sex", "prediction_interval",
-        "regression_to_mean", "seed_baseline", "timing",
+        "regression_to_mean", "seed_baseline", "prediction_runtime", "timing",
     }
     assert set(metrics) == expected
+    assert metrics["prediction_runtime"] is None  # not measured here
     assert metrics["schema_version"] == evaluation.SCHEMA_VERSION == 2
     assert set(metrics["run"]) == {"name", "preset", "parameters", "git_commit", "created_utc", "library_versions"}
     assert metrics["run"]["name"] == "unit" and metrics["run"]["preset"] == "ci"
@@ -446,3 +447,20 @@ def test_the_external_check_is_skipped_with_a_reason_or_run_on_the_six_reader_la
     check = study.external_check(parameters, predict, interval, reference, folder=sample, known_ids=["4405"])
     assert check["available"] and check["n"] == 2 and check["left_out_seen_ids"] == 1
     assert check["mae"] == pytest.approx((9.5 + 10.0) / 2) and check["coverage_pct"] == 100.0
+
+
+def test_runtime_agreement_measures_the_graph_against_the_keras_model():
+    y_true = np.array([100.0, 120.0, 140.0, 160.0])
+    keras_pred = np.array([110.0, 120.0, 130.0, 160.0])  # MAE 5
+    runtime_pred = keras_pred + np.array([1.0, -2.0, 0.0, 0.5])  # errors 11, 2, 10, 0.5: MAE 5.875
+    agreement = evaluation.runtime_agreement(y_true, keras_pred, runtime_pred,
+                                             interval=(runtime_pred - 5, runtime_pred + 5))
+    assert agreement["n"] == 4
+    assert agreement["mae_keras"] == pytest.approx(5.0)
+    assert agreement["mae_runtime"] == pytest.approx(5.875)
+    assert agreement["mae_change"] == pytest.approx(0.875)
+    assert agreement["mean_abs_difference"] == pytest.approx(0.875)
+    assert agreement["max_abs_difference"] == pytest.approx(2.0)
+    assert agreement["interval_coverage_pct"] == pytest.approx(50.0)  # 118 and 160.5 cover their truth
+    with pytest.raises(ValueError, match="y_pred has 3"):
+        evaluation.runtime_agreement(y_true, keras_pred, runtime_pred[:3])

@@ -214,6 +214,9 @@ def _run_metrics(with_baseline: bool) -> dict:
         interval=intervals.interval(predicted), interval_method=intervals.method, interval_nominal=0.9,
         timing={key: None for key in evaluation.TIMING_KEYS},
         baseline_pred=truth + rng.normal(3, 15, 300) if with_baseline else None,
+        prediction_runtime={"precision": "int8",
+                            "test": evaluation.runtime_agreement(truth, predicted, predicted + 0.25)}
+        if with_baseline else None,
     )
 
 
@@ -238,6 +241,11 @@ def test_the_markdown_card_tells_people_what_the_model_is_for_and_how_good_it_is
     assert "Regression towards the mean" in text
     assert card.command in text and card.git_commit in text
     assert ("Seed baseline MAE minus ours" in text) == with_baseline
+    runtime = "its ONNX export (int8), whose test MAE is"
+    assert (runtime in text) == with_baseline
+    if with_baseline:
+        change = metrics["prediction_runtime"]["test"]["mae_change"]
+        assert f"({change:+.3f} against the Keras model's; each prediction moves by 0.25 months" in text
 
 
 def test_the_markdown_card_without_metrics_says_it_has_no_intervals(parts):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.model import KerasBoneAgeModel, predict_months
-from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx
+from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx, quantize_int8
 from utils.parameters import TTA_MODES
 
 IMAGE_SIZE = 32
@@ -84,6 +84,34 @@ def test_test_time_augmentation_is_the_mean_of_the_views(exported):
     views = tta_views(images, "shift_flip")
     expected = np.mean([runtime.predict(view, male) for view in views], axis=0)
     np.testing.assert_allclose(runtime.predict(images, male, tta="shift_flip"), expected, atol=1e-5)
+
+
+def test_int8_graph_is_quantised_and_stays_close_to_the_float_graph(exported, tmp_path):
+    import onnx
+
+    _, onnx_path = exported
+    int8_path = tmp_path / "tiny.onnx"
+    int8_path.write_bytes(onnx_path.read_bytes())
+    calibration_images, calibration_male = random_inputs(64, seed=2)
+    quantize_int8(int8_path, calibration_images, calibration_male)
+    operators = {node.op_type for node in onnx.load(int8_path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    images, male = random_inputs(200, seed=3)
+    float_months = OnnxBoneAgeModel(onnx_path).predict(images, male)
+    int8_months = OnnxBoneAgeModel(int8_path).predict(images, male)
+    # Quantisation moves each prediction a little, far less than the predictions differ.
+    assert np.abs(int8_months - float_months).mean() < 0.05 * float_months.std()
+    assert np.corrcoef(int8_months, float_months)[0, 1] > 0.99
+
+
+def test_int8_quantisation_refuses_bad_calibration_and_keeps_the_graph(exported, tmp_path):
+    _, onnx_path = exported
+    graph = tmp_path / "tiny.onnx"
+    graph.write_bytes(onnx_path.read_bytes())
+    images, male = random_inputs(8)
+    with pytest.raises(ValueError, match=r"tiny\.onnx: int8 calibration needs images"):
+        quantize_int8(graph, images[:, 0], male)
+    assert graph.read_bytes() == onnx_path.read_bytes()
 
 
 def test_onnx_predictions_are_clipped_to_the_age_range(tmp_path):

@@ -187,10 +187,18 @@ def study_results(folder, metrics, external=True, figures=("age_distribution.png
     return folder
 
 
-def test_the_report_reads_as_a_study_in_order(tmp_path):
+@pytest.fixture(scope="module")
+def study_report(tmp_path_factory):
+    """(metrics, pdf bytes) of one full study's report, which several tests read (building one
+    takes seconds)."""
+    folder = tmp_path_factory.mktemp("study")
     metrics = study_metrics()
-    results = study_results(tmp_path / "run", metrics)
-    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+    results = study_results(folder / "run", metrics)
+    return metrics, report.build_report(results, folder / "Report.pdf", compress=False).read_bytes()
+
+
+def test_the_report_reads_as_a_study_in_order(study_report):
+    text = pdf_text(study_report[1])
     positions = [text.find(section.encode()) for section in report.SECTIONS]
     assert all(position >= 0 for position in positions), dict(zip(report.SECTIONS, positions))
     assert positions == sorted(positions), dict(zip(report.SECTIONS, positions))
@@ -198,10 +206,9 @@ def test_the_report_reads_as_a_study_in_order(tmp_path):
         assert anchor in text, anchor
 
 
-def test_the_numbers_carry_their_confidence_intervals(tmp_path):
-    metrics = study_metrics()
-    results = study_results(tmp_path / "run", metrics)
-    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+def test_the_numbers_carry_their_confidence_intervals(study_report):
+    metrics, pdf = study_report
+    text = pdf_text(pdf)
     mae, coverage = metrics["ci"]["mae"], metrics["prediction_interval"]["ci"]["coverage_pct"]
     assert f"{mae['low']:.2f} to {mae['high']:.2f}".encode() in text  # the results table
     assert f"{coverage['low']:.1f} to {coverage['high']:.1f}".encode() in text
@@ -212,9 +219,8 @@ def test_the_numbers_carry_their_confidence_intervals(tmp_path):
     assert b"like for like" in text
 
 
-def test_figures_are_numbered_in_reading_order_and_cited_before_they_appear(tmp_path):
-    results = study_results(tmp_path / "run", study_metrics())
-    pdf = report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes()
+def test_figures_are_numbered_in_reading_order_and_cited_before_they_appear(study_report):
+    pdf = study_report[1]
     text = pdf_text(pdf)
     captions = [text.find(f"Figure {number}. ".encode()) for number in range(1, 5)]
     assert all(position >= 0 for position in captions) and captions == sorted(captions)
@@ -224,9 +230,8 @@ def test_figures_are_numbered_in_reading_order_and_cited_before_they_appear(tmp_
     assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 4
 
 
-def test_the_findings_of_stage_05_reach_the_report(tmp_path):
-    results = study_results(tmp_path / "run", study_metrics())
-    text = pdf_text(report.build_report(results, tmp_path / "Report.pdf", compress=False).read_bytes())
+def test_the_findings_of_stage_05_reach_the_report(study_report):
+    text = pdf_text(study_report[1])
     assert b"female MAE" in text and b"male bias" in text  # the sex x band table
     assert b"Quality flags: 4 of 100 test images" in text
     assert b"largest errors" in text and b"Regression towards the mean" in text

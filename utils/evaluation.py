@@ -45,6 +45,10 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
   its MAE minus ours on the same images with a paired bootstrap interval (`paired_mae_difference`:
   ``n``, ``mae_a`` ours, ``mae_b`` the baseline's, ``difference``, ``low``, ``high``,
   ``confidence_pct``).
+- ``prediction_runtime``: null, or how far the ONNX graph of the prediction command is from the
+  Keras model these metrics come from (`runtime_agreement`): ``precision`` (float32 or int8) and,
+  for ``validation`` and ``test``, ``{n, mae_keras, mae_runtime, mae_change, mean_abs_difference,
+  max_abs_difference}``, the test split also ``interval_coverage_pct`` of the runtime's predictions.
 - ``timing``: ``training_seconds``, ``training_images_per_second``,
   ``inference_images_per_second``, ``inference_seconds_single_image`` (null when not measured),
   ``numpy_fp32_matmul_gflops_at_training`` and ``_at_evaluation``: the machine's speed beside them.
@@ -329,6 +333,31 @@ def _mean_difference(a, b, axis=-1):
 # ---------------------------------------------------------------------------------------------
 # Prediction intervals (calibrated by utils.conformal)
 # ---------------------------------------------------------------------------------------------
+
+
+def runtime_agreement(y_true, keras_pred, runtime_pred, interval=None) -> dict:
+    """How the graph the prediction command runs (ONNX, float32 or int8) departs from the Keras
+    model the metrics come from, on one split: both MAEs (months), the change of the MAE, the mean
+    and largest per-image difference and, given the runtime's (low, high), its interval coverage (%).
+
+    A float32 export agrees to rounding; an int8 graph moves each prediction a little, and what
+    matters is whether the MAE moves (issue 11 allows 0.05 months).
+    """
+    y_true, keras_pred = _paired_arrays(y_true, keras_pred)
+    _, runtime_pred = _paired_arrays(y_true, runtime_pred)
+    difference = np.abs(runtime_pred - keras_pred)
+    mae_keras, mae_runtime = float(np.abs(keras_pred - y_true).mean()), float(np.abs(runtime_pred - y_true).mean())
+    agreement = {
+        "n": int(y_true.size),
+        "mae_keras": mae_keras,
+        "mae_runtime": mae_runtime,
+        "mae_change": mae_runtime - mae_keras,
+        "mean_abs_difference": float(difference.mean()),
+        "max_abs_difference": float(difference.max()),
+    }
+    if interval is not None:
+        agreement["interval_coverage_pct"] = interval_metrics(y_true, *interval)["coverage_pct"]
+    return agreement
 
 
 def interval_metrics(y_true, low, high, groups=None, *, ci: bool = False) -> dict:
@@ -758,12 +787,14 @@ def build_performance_metrics(
     timing: dict,
     groups_age_band=None,
     baseline_pred=None,
+    prediction_runtime: dict | None = None,
 ) -> dict:
     """The performance_metrics.json object of a run (schema in this module's docstring).
 
     `interval` is (low, high) on the test split; `interval_nominal` the nominal coverage as a
     fraction (0.9). `groups_age_band` defaults to the band of the true age; `baseline_pred` are the
-    seed-study model's test predictions, if it was trained.
+    seed-study model's test predictions, if it was trained; `prediction_runtime` the result of
+    `runtime_agreement` per split, with the ONNX graph's ``precision``.
     """
     if not 0 < interval_nominal < 1:
         raise ValueError(f"interval_nominal is the nominal coverage as a fraction (0.9), got {interval_nominal}")
@@ -813,6 +844,7 @@ def build_performance_metrics(
         },
         "regression_to_mean": {**regression_to_mean(y_true, y_pred), "ci": {"slope": slope_ci(y_true, y_pred)}},
         "seed_baseline": None,
+        "prediction_runtime": prediction_runtime,
         "timing": _pick(timing, TIMING_KEYS, "timing"),
     }
     if baseline_pred is not None:

@@ -517,6 +517,14 @@ def _markdown_card(card: "ModelCard", metrics: dict | None) -> str:
                      f"{_number(difference['difference'], 2, True)} ({_number(difference['low'], 2, True)} to "
                      f"{_number(difference['high'], 2, True)})"])
     lines += _markdown_table(rows)
+    runtime = (metrics or {}).get("prediction_runtime")
+    if runtime:
+        test = runtime["test"]
+        lines += ["", f"The metrics are the Keras model's; the prediction command runs its ONNX export "
+                      f"({runtime['precision']}), whose test MAE is {_number(test['mae_runtime'], 2)} months "
+                      f"({_number(test['mae_change'], 3, True)} against the Keras model's; each prediction moves by "
+                      f"{_number(test['mean_abs_difference'], 2)} months on average, at most "
+                      f"{_number(test['max_abs_difference'], 1)})."]
     if metrics:
         coverage_by = {**(interval.get("by_sex") or {}), **(interval.get("by_age_band") or {})}
         lines += ["", "## Subgroups", ""]

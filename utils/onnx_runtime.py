@@ -49,6 +49,48 @@ def export_onnx(model, onnx_path) -> Path:
     return Path(onnx_path)
 
 
+def quantize_int8(onnx_path, images, male, *, calibration_images: int = 512) -> Path:
+    """Replace the float32 graph at `onnx_path` by its static int8 quantisation, atomically.
+
+    Weights per output channel, activations with ranges calibrated on up to `calibration_images`
+    of `images` (uint8 (N, S, S), the calibration split's: never the test split) and `male` (N,),
+    QDQ format, so that onnxruntime runs the convolutions on the CPU's int8 instructions (VNNI,
+    AMX). Stage 04 measures what it costs in accuracy (`evaluation.runtime_agreement`).
+    """
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx_path = Path(onnx_path)
+    images, male = np.asarray(images)[:calibration_images], np.asarray(male, dtype=np.float32).reshape(-1)[:calibration_images]
+    if images.ndim != 3 or len(images) == 0 or len(images) != len(male):
+        raise ValueError(f"{onnx_path.name}: int8 calibration needs images (N, S, S) and male (N,), N >= 1; "
+                         f"got {images.shape} and {male.shape}")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self, batch_size=64):
+            self.starts = iter(range(0, len(images), batch_size))
+            self.batch_size = batch_size
+
+        def get_next(self):
+            start = next(self.starts, None)
+            if start is None:
+                return None
+            stop = start + self.batch_size
+            return {"image": images[start:stop, :, :, np.newaxis].astype(np.float32), "male": male[start:stop, np.newaxis]}
+
+    with tempfile.TemporaryDirectory(prefix="bone-age-int8-") as scratch, atomic_path(onnx_path) as temporary:
+        prepared = Path(scratch) / "prepared.onnx"
+        # Shape inference and graph fusion (BatchNorm into the convolutions) before quantising;
+        # the symbolic shape pass needs sympy and is not needed for fixed image sizes.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(temporary), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        OnnxBoneAgeModel(temporary)  # refuse to move a graph into place that onnxruntime cannot run
+    return onnx_path
+
+
 def _inference_model(model):
     """The same layers, called with training=False.
 

@@ -36,6 +36,7 @@ IMAGE_CACHES = ("memory", "mmap")
 BLOCKS = ("plain", "residual")
 LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
+ONNX_PRECISIONS = ("float32", "int8")
 # A run name becomes a folder under results/ and models/: a plain name, never a path.
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_FOLDS = 20
@@ -225,6 +226,8 @@ class Parameters:
     # evaluation
     tta: str = _parameter(normalise_tta, "test-time augmentation")
     interval_coverage: float = _parameter(_number(above=0.5, below=1.0), "nominal interval coverage")
+    onnx_precision: str = _parameter(_choice(*ONNX_PRECISIONS), "float32, or int8: the ONNX graph of the prediction "
+                                     "command quantised statically (calibrated on the calibration split)")
     report_at_root: bool = _parameter(_boolean, "also copy Report.pdf to the repository root")
 
     @property
