@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import pytest
 
 from utils import config, figures, pipeline
@@ -191,6 +190,10 @@ def test_model_card_command_reproduces_the_overrides():
 
 def tiny_notebook(path, code: str):
     """A stage-like notebook: the parameters cell papermill fills, a first cell, then `code`."""
+    # nbformat is imported where it is used: with jsonschema's format grammars it takes seconds,
+    # which every test worker would pay at collection.
+    import nbformat
+
     notebook = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell("preset = 'ci'\noverrides = {}")
     parameters.metadata["tags"] = ["parameters"]
@@ -289,6 +292,8 @@ def test_ctrl_c_ends_the_run_with_status_130_and_says_from_which_epoch_it_resume
 
 def _running_cell_source(notebook_path) -> str:
     """The code of the cell papermill is running in a notebook it is writing, or ""."""
+    import nbformat
+
     try:
         cells = nbformat.read(notebook_path, as_version=4).cells
     except Exception:

@@ -11,7 +11,6 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import pydicom
 import pytest
@@ -43,11 +42,17 @@ IDENTIFIERS = {"StudyInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5", "Pa
 
 
 def schema_errors(resource) -> list[str]:
+    # jsonschema is imported where it is used: its format grammars take seconds to build, which
+    # every test worker would pay at collection.
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(SCHEMA)
     return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(resource)]
 
 
 def test_the_fixture_is_a_valid_json_schema():
+    import jsonschema
+
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     assert "NOT the official FHIR JSON schema" in SCHEMA["description"]
 
