@@ -1,6 +1,7 @@
 """The modules of utils import downwards only: no circle, and no import from a lower floor to a higher one."""
 
 import ast
+import json
 import subprocess
 import sys
 
@@ -45,12 +46,34 @@ def test_imports_go_downwards(module):
     assert not upward, f"utils.{module} (floor {FLOOR[module]}) imports {upward} of the same or a higher floor"
 
 
-@pytest.mark.parametrize("module, heavy", [("predict", "tensorflow"), ("predict", "keras"), ("model_card", "keras"),
-                                           ("parameters", "cv2"),
-                                           # utils.model imports TensorFlow itself: seconds in a new interpreter
-                                           pytest.param("model", "onnxruntime", marks=pytest.mark.slow), ("report", "keras"),
-                                           ("backbones", "keras"), ("sweep", "tensorflow"), ("comparison", "keras")])
-def test_light_modules_stay_light(module, heavy):
-    code = f"import sys, utils.{module}; print({heavy!r} in sys.modules)"
+# (module, the heavy libraries it must not load), lightest first: one interpreter imports them in
+# this order and checks after each, so a library that is still absent after a module was loaded
+# by none of the modules before it either (a new interpreter per pair cost seconds of test time).
+LIGHT_MODULES = [("parameters", ("cv2", "tensorflow", "keras")), ("model_card", ("tensorflow", "keras")),
+                 ("predict", ("tensorflow", "keras")), ("sweep", ("tensorflow", "keras")),
+                 ("comparison", ("tensorflow", "keras")), ("report", ("tensorflow", "keras")),
+                 ("backbones", ("tensorflow", "keras"))]
+LIGHTNESS_CHECK = """
+import importlib, json, sys
+loaded = {}
+for module, heavy in json.loads(sys.argv[1]):
+    importlib.import_module("utils." + module)
+    loaded[module] = [name for name in heavy if name in sys.modules]
+print(json.dumps(loaded))
+"""
+
+
+def test_light_modules_stay_light():
+    completed = subprocess.run([sys.executable, "-c", LIGHTNESS_CHECK, json.dumps(LIGHT_MODULES)],
+                               capture_output=True, text=True, check=True)
+    loaded = json.loads(completed.stdout)
+    heavy = {module: names for module, names in loaded.items() if names}
+    assert not heavy, f"importing these modules (in this order) loads heavy libraries: {heavy}"
+
+
+@pytest.mark.slow
+def test_the_keras_runtime_does_not_load_onnxruntime():
+    # utils.model imports TensorFlow itself: seconds in a new interpreter.
+    code = "import sys, utils.model; print('onnxruntime' in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert completed.stdout.strip() == "False", f"importing utils.{module} loads {heavy}"
+    assert completed.stdout.strip() == "False", "importing utils.model loads onnxruntime"
