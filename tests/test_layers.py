@@ -49,7 +49,9 @@ def test_imports_go_downwards(module):
 # (module, the heavy libraries it must not load), lightest first: one interpreter imports them in
 # this order and checks after each, so a library that is still absent after a module was loaded
 # by none of the modules before it either (a new interpreter per pair cost seconds of test time).
-LIGHT_MODULES = [("parameters", ("cv2", "tensorflow", "keras")), ("model_card", ("tensorflow", "keras")),
+LIGHT_MODULES = [("parameters", ("cv2", "tensorflow", "keras")), ("evaluation", ("tensorflow", "keras")),
+                 ("clinical", ("tensorflow", "keras")), ("model_card", ("tensorflow", "keras")),
+                 ("onnx_runtime", ("tensorflow", "keras")),
                  ("predict", ("tensorflow", "keras")), ("sweep", ("tensorflow", "keras")),
                  ("comparison", ("tensorflow", "keras")), ("report", ("tensorflow", "keras")),
                  ("backbones", ("tensorflow", "keras"))]
@@ -69,11 +71,3 @@ def test_light_modules_stay_light():
     loaded = json.loads(completed.stdout)
     heavy = {module: names for module, names in loaded.items() if names}
     assert not heavy, f"importing these modules (in this order) loads heavy libraries: {heavy}"
-
-
-@pytest.mark.slow
-def test_the_keras_runtime_does_not_load_onnxruntime():
-    # utils.model imports TensorFlow itself: seconds in a new interpreter.
-    code = "import sys, utils.model; print('onnxruntime' in sys.modules)"
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert completed.stdout.strip() == "False", "importing utils.model loads onnxruntime"

@@ -164,12 +164,6 @@ def test_missing_or_corrupt_model_file_is_named(tmp_path):
         OnnxBoneAgeModel(corrupt)
 
 
-def test_importing_the_runtime_does_not_import_tensorflow():
-    code = "import sys, utils.onnx_runtime; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "False"]
-
-
 @pytest.mark.slow
 def test_importing_the_keras_runtime_does_not_import_onnxruntime():
     code = "import sys, utils.model; print('keras' in sys.modules, 'onnxruntime' in sys.modules)"

@@ -361,12 +361,6 @@ def test_gradcam_without_the_keras_model_fails_before_writing(model_dir, tmp_pat
     assert result.stdout == "" and not out.exists() and not (tmp_path / "cams").exists()
 
 
-def test_importing_the_command_loads_neither_tensorflow_nor_keras():
-    code = "import sys, utils.predict; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert result.stdout.split() == ["False", "False"]
-
-
 def test_the_cards_tta_mode_is_the_one_predicted_with(model_dir, tmp_path):
     folder = copy_model_dir(model_dir, tmp_path / "flipped", tta="shift_flip")
     predictor = load_predictor(folder)
