@@ -49,7 +49,8 @@ def test_imports_go_downwards(module):
 # (module, the heavy libraries it must not load), lightest first: one interpreter imports them in
 # this order and checks after each, so a library that is still absent after a module was loaded
 # by none of the modules before it either (a new interpreter per pair cost seconds of test time).
-LIGHT_MODULES = [("parameters", ("cv2", "tensorflow", "keras")), ("evaluation", ("tensorflow", "keras")),
+LIGHT_MODULES = [("parameters", ("cv2", "tensorflow", "keras")), ("quality", ("tensorflow", "keras")),
+                 ("evaluation", ("tensorflow", "keras")), ("conformal", ("tensorflow", "keras")),
                  ("clinical", ("tensorflow", "keras")), ("model_card", ("tensorflow", "keras")),
                  ("onnx_runtime", ("tensorflow", "keras")),
                  ("predict", ("tensorflow", "keras")), ("sweep", ("tensorflow", "keras")),
