@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils import config
-from utils.evaluation import benchmark_machine_facts, matmul_gflops
+from utils import config, sweep
+from utils.evaluation import benchmark_machine_facts, machine_speed_now, matmul_gflops
 from utils.files import write_json_atomic
-from utils import sweep
 
 OUTPUT = config.benchmarks_dir() / "sweep_speed.json"
 
@@ -34,7 +33,7 @@ def time_sweep(preset: str, seeds: list[int], jobs: int, root: Path) -> dict:
                "--jobs", str(jobs)]
     environment = {**os.environ, "BONE_AGE_RESULTS_DIR": str(root / "results"),
                    "BONE_AGE_MODELS_DIR": str(root / "models")}
-    gflops, load = matmul_gflops(), os.getloadavg()
+    speed = machine_speed_now()
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, *command], cwd=config.PROJECT_ROOT, env=environment,
                                capture_output=True, text=True, check=False)
@@ -49,8 +48,7 @@ def time_sweep(preset: str, seeds: list[int], jobs: int, root: Path) -> dict:
         "wall_seconds": record["wall_seconds"],
         "command_seconds": round(seconds, 1),
         "run_seconds": {run["run_name"]: run["seconds"] for run in record["runs"]},
-        "numpy_fp32_matmul_gflops_before": round(gflops, 1),
-        "load_average_1_min_before": round(load[0], 2),
+        **speed,
     }
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 from utils import config
-from utils.evaluation import benchmark_machine_facts, matmul_gflops
+from utils.evaluation import benchmark_machine_facts, machine_speed_now
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "test_speed.json"
@@ -28,7 +28,7 @@ COMMAND = ["-m", "pytest", "-m", "not slow", "-n", "auto", "-q", "-p", "no:cache
 
 
 def time_tests() -> dict:
-    gflops, load = matmul_gflops(), os.getloadavg()
+    speed = machine_speed_now()
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, *COMMAND], cwd=config.PROJECT_ROOT, capture_output=True, text=True,
                                check=False)
@@ -41,8 +41,7 @@ def time_tests() -> dict:
         "wall_seconds": round(seconds, 1),
         "passed": int(passed.group(1)) if passed else None,
         "pytest_summary": summary,
-        "numpy_fp32_matmul_gflops_before": round(gflops, 1),
-        "load_average_1_min_before": round(load[0], 2),
+        **speed,
     }
 
 

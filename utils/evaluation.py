@@ -746,6 +746,13 @@ def benchmark_machine_facts(load_before, note: str) -> dict:
     }
 
 
+def machine_speed_now() -> dict:
+    """The matmul speed and 1-minute load average right now, for a benchmark that times several
+    settings in turn (the shared cores drift between them)."""
+    return {"numpy_fp32_matmul_gflops_before": round(matmul_gflops(), 1),
+            "load_average_1_min_before": round(os.getloadavg()[0], 2)}
+
+
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     """This machine's numpy float32 matrix-product speed (GFLOP/s, best of `repeats`).
 

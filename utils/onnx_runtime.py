@@ -9,6 +9,7 @@ average their test-time augmentation through `preprocessing.tta_average`.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -57,8 +58,6 @@ def quantize_int8(onnx_path, images, male, *, calibration_images: int = 512) -> 
     QDQ format, so that onnxruntime runs the convolutions on the CPU's int8 instructions (VNNI,
     AMX). Stage 04 measures what it costs in accuracy (`evaluation.runtime_agreement`).
     """
-    import tempfile
-
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -77,8 +76,7 @@ def quantize_int8(onnx_path, images, male, *, calibration_images: int = 512) -> 
             start = next(self.starts, None)
             if start is None:
                 return None
-            stop = start + self.batch_size
-            return {"image": images[start:stop, :, :, np.newaxis].astype(np.float32), "male": male[start:stop, np.newaxis]}
+            return _feed(images[start : start + self.batch_size], male[start : start + self.batch_size])
 
     with tempfile.TemporaryDirectory(prefix="bone-age-int8-") as scratch, atomic_path(onnx_path) as temporary:
         prepared = Path(scratch) / "prepared.onnx"
@@ -167,10 +165,12 @@ class OnnxBoneAgeModel:
         months = np.empty(len(images), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             stop = start + self.batch_size
-            feed = {
-                "image": images[start:stop, :, :, np.newaxis].astype(np.float32),
-                "male": male[start:stop, np.newaxis],
-            }
-            months[start:stop] = self.session.run(None, feed)[0].reshape(-1)
+            months[start:stop] = self.session.run(None, _feed(images[start:stop], male[start:stop]))[0].reshape(-1)
         return months
+
+
+def _feed(images: np.ndarray, male: np.ndarray) -> dict:
+    """The graph's inputs for uint8 (N, S, S) images and float32 (N,) sex flags (the same layout as
+    `model.model_inputs`, which this module cannot import: it loads TensorFlow)."""
+    return {"image": images[:, :, :, np.newaxis].astype(np.float32), "male": male[:, np.newaxis]}
 
