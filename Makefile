@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -v --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" -n auto  # pytest-xdist: one worker per core
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadscope  # one worker per core; a module's tests in one worker, so its fixtures are built once
 
 ## Pair notebooks after editing either side.
 sync: setup

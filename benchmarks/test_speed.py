@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/test_speed.py [--runs 2] [--note "..."]
 Writes results/benchmarks/test_speed.json. Each run is the command `make test-fast` runs,
-`python -m pytest -m "not slow" -n auto`, in a subprocess from the project root; the file records
+`python -m pytest -m "not slow" -n auto --dist loadscope`, in a subprocess from the project root; the file records
 each run's wall time and pytest's count of passed tests, the machine's numpy float32 matmul
 speed before each run and the load average, because neighbours on a shared machine change the
 numbers; say in `note` what else was running.
@@ -24,7 +24,7 @@ from utils.evaluation import benchmark_machine_facts, machine_speed_now
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "test_speed.json"
-COMMAND = ["-m", "pytest", "-m", "not slow", "-n", "auto", "-q", "-p", "no:cacheprovider"]
+COMMAND = ["-m", "pytest", "-m", "not slow", "-n", "auto", "--dist", "loadscope", "-q", "-p", "no:cacheprovider"]
 
 
 def time_tests() -> dict:

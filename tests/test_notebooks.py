@@ -1,8 +1,6 @@
 """The notebooks as files: paired, in sync, without outputs, each opening with its parameters."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -44,9 +42,8 @@ def test_jupytext_sync_changes_nothing(tmp_path):
             shutil.copy(notebook.with_suffix(suffix), tmp_path / notebook.with_suffix(suffix).name)
     shutil.copy(config.PROJECT_ROOT / "jupytext.toml", tmp_path / "jupytext.toml")
     before = {path.name: path.read_text() for path in tmp_path.iterdir()}
-    subprocess.run(
-        [sys.executable, "-m", "jupytext", "--sync", *sorted(str(path) for path in tmp_path.glob("*.ipynb"))],
-        check=True, capture_output=True,
-    )
+    from jupytext.cli import jupytext
+
+    jupytext(["--quiet", "--sync", *sorted(str(path) for path in tmp_path.glob("*.ipynb"))])  # in process: no new interpreter
     after = {path.name: path.read_text() for path in tmp_path.iterdir()}
     assert before == after

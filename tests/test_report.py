@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -187,14 +188,22 @@ def study_results(folder, metrics, external=True, figures=("age_distribution.png
     return folder
 
 
+# The report figures a full study writes, in the registry's order.
+STUDY_FIGURES = ("age_distribution.png", "learning_curves.png", "predicted_vs_true.png", "bland_altman.png",
+                 "error_distribution.png", "metrics_by_band.png", "interval_coverage.png", "residuals_by_age.png",
+                 "calibration.png", "worst_cases.png", "gradcam.png")
+
+
 @pytest.fixture(scope="module")
 def study_report(tmp_path_factory):
-    """(metrics, pdf bytes) of one full study's report, which several tests read (building one
-    takes seconds)."""
+    """(metrics, pdf bytes, empty share of each page) of one full study's report, which several
+    tests read (building one takes seconds)."""
     folder = tmp_path_factory.mktemp("study")
     metrics = study_metrics()
-    results = study_results(folder / "run", metrics)
-    return metrics, report.build_report(results, folder / "Report.pdf", compress=False).read_bytes()
+    results = study_results(folder / "run", metrics, figures=STUDY_FIGURES)
+    shares = []
+    pdf = report.build_report(results, folder / "Report.pdf", compress=False, empty_shares=shares).read_bytes()
+    return metrics, pdf, shares
 
 
 def test_the_report_reads_as_a_study_in_order(study_report):
@@ -207,7 +216,7 @@ def test_the_report_reads_as_a_study_in_order(study_report):
 
 
 def test_the_numbers_carry_their_confidence_intervals(study_report):
-    metrics, pdf = study_report
+    metrics, pdf, _ = study_report
     text = pdf_text(pdf)
     mae, coverage = metrics["ci"]["mae"], metrics["prediction_interval"]["ci"]["coverage_pct"]
     assert f"{mae['low']:.2f} to {mae['high']:.2f}".encode() in text  # the results table
@@ -222,12 +231,17 @@ def test_the_numbers_carry_their_confidence_intervals(study_report):
 def test_figures_are_numbered_in_reading_order_and_cited_before_they_appear(study_report):
     pdf = study_report[1]
     text = pdf_text(pdf)
-    captions = [text.find(f"Figure {number}. ".encode()) for number in range(1, 5)]
-    assert all(position >= 0 for position in captions) and captions == sorted(captions)
-    assert b"Figure 5. " not in text
+    from utils import figures
+
+    count = len(STUDY_FIGURES)
+    # Each caption opens with its number and the registry's title (a bare "Figure 5. " may be a citation).
+    captions = [text.find(f"Figure {number}. {figures.get(Path(name).stem).title}".encode())
+                for number, name in enumerate(STUDY_FIGURES, start=1)]
+    assert all(position >= 0 for position in captions) and captions == sorted(captions), captions
+    assert f"Figure {count + 1}. ".encode() not in text
     assert text.find(b"in Figure 1") < captions[0]  # the age distribution, cited from the data section
-    assert b"Figure 1. Age distribution" in text and b"Figure 4. Grad-CAM" in text
-    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == 4
+    assert b"Figure 1. Age distribution" in text and f"Figure {count}. Grad-CAM".encode() in text
+    assert len(re.findall(rb"/FormXob\.\w+ Do", pdf)) == count
 
 
 def test_the_findings_of_stage_05_reach_the_report(study_report):
@@ -257,12 +271,7 @@ def test_readme_table_gains_a_ci_column_with_schema_2_only():
     assert without.splitlines()[0] == "| Metric | Ours | Seed baseline | Mean predictor |"
 
 
-def test_figures_float_so_that_no_page_but_the_last_is_left_mostly_empty(tmp_path):
-    figures = ("age_distribution.png", "learning_curves.png", "predicted_vs_true.png", "bland_altman.png",
-               "error_distribution.png", "metrics_by_band.png", "interval_coverage.png", "residuals_by_age.png",
-               "calibration.png", "worst_cases.png", "gradcam.png")
-    results = study_results(tmp_path / "run", study_metrics(), figures=figures)
-    shares = []
-    report.build_report(results, tmp_path / "Report.pdf", empty_shares=shares)
+def test_figures_float_so_that_no_page_but_the_last_is_left_mostly_empty(study_report):
+    shares = study_report[2]
     assert len(shares) >= 8
     assert max(shares[:-1]) < 0.35, [round(share, 2) for share in shares]
