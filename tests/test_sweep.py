@@ -165,6 +165,12 @@ def test_the_ensemble_of_the_two_runs_predicts_through_the_cli_and_its_onnx_matc
     assert made.returncode == 0, made.stderr[-3000:]
     assert "ensemble of 2 runs" in made.stdout
     metrics = json.loads((out / config.METRICS_FILE).read_text())
+    validation = metrics["ensemble_validation"]
+    assert validation["n"] == metrics["dataset"]["splits"]["validation"] and set(validation["mae_by_member"]) == {
+        "ci-seed1", "ci-seed2"}
+    assert f"validation MAE {validation['mae']:.2f} months" in made.stdout
+    # |mean of predictions - truth| <= mean of |prediction - truth| image by image: never worse than the members' mean.
+    assert validation["mae"] <= np.mean(list(validation["mae_by_member"].values())) + 1e-6
     assert metrics["run"]["ensemble_of"] == ["ci-seed1", "ci-seed2"] and metrics["n"] == len(
         pd.read_csv(out / "predictions_test.csv"))
     card = json.loads((out / config.MODEL_CARD_FILE).read_text())

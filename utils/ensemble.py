@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 from keras import layers
 
@@ -120,9 +121,17 @@ def from_runs(runs: list[str], out) -> dict:
     paths = config.RunPaths(parameters.run_name)
     table = study.load_split_table(parameters, paths)
     images = study.load_images(table, parameters, progress=False)
-    ensemble = average([keras.models.load_model(config.RunPaths(run).model, compile=False) for run in runs],
-                       name="bone_age_runs_ensemble")
-    calibration, test, train = (study.split_arrays(table, images, split) for split in ("calibration", "test", "train"))
+    members = [keras.models.load_model(config.RunPaths(run).model, compile=False) for run in runs]
+    ensemble = average(members, name="bone_age_runs_ensemble")
+    calibration, test, train, validation = (study.split_arrays(table, images, split)
+                                            for split in ("calibration", "test", "train", "validation"))
+    # Whether the ensemble beats its members is judged here, on validation, never on test.
+    images_validation, male_validation, truth_validation = validation
+    validation_mae = {
+        name: float(np.mean(np.abs(predict_months(model, images_validation, male_validation, tta=parameters.tta)
+                                   - truth_validation)))
+        for name, model in [*zip(runs, members), ("ensemble", ensemble)]
+    }
     calibration_pred = predict_months(ensemble, calibration[0], calibration[1], tta=parameters.tta)
     intervals = conformal.fit_conformal(calibration[2], calibration_pred, coverage=parameters.interval_coverage)
     predictions = table[table["split"] == "test"].reset_index(drop=True)
@@ -154,6 +163,8 @@ def from_runs(runs: list[str], out) -> dict:
                 "numpy_fp32_matmul_gflops_at_evaluation": evaluation.matmul_gflops()},
     )
     metrics["run"]["ensemble_of"] = list(runs)
+    metrics["ensemble_validation"] = {"n": len(truth_validation), "tta": parameters.tta,
+                                      "mae": validation_mae.pop("ensemble"), "mae_by_member": validation_mae}
     evaluation.write_performance_metrics(out / config.METRICS_FILE, metrics)
     with atomic_path(out / "predictions_test.csv") as temporary:
         predictions[list(PREDICTION_COLUMNS)].to_csv(temporary, index=False)
@@ -183,8 +194,10 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    interval = metrics["prediction_interval"]
-    print(f"ensemble of {len(arguments.runs)} runs -> {arguments.out}: test MAE {metrics['mae']:.2f} months "
+    interval, validation = metrics["prediction_interval"], metrics["ensemble_validation"]
+    members = ", ".join(f"{mae:.2f}" for mae in validation["mae_by_member"].values())
+    print(f"ensemble of {len(arguments.runs)} runs -> {arguments.out}: validation MAE {validation['mae']:.2f} months "
+          f"(members {members}); test MAE {metrics['mae']:.2f} months "
           f"(95% CI {metrics['ci']['mae']['low']:.2f} to {metrics['ci']['mae']['high']:.2f}), "
           f"interval coverage {interval['coverage_pct']:.1f}% (nominal {interval['nominal_pct']:.0f}%)")
     return 0

@@ -16,7 +16,9 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
   ``"unknown"`` outside a git checkout), ``created_utc`` (ISO 8601),
   ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
   when not installed); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
-  the names of its runs.
+  the names of its runs, and a top-level ``ensemble_validation``: ``n``, ``tta``, ``mae`` of the
+  ensemble and ``mae_by_member`` (run name to MAE) on the validation split, where the ensemble
+  is judged against its members.
 - ``dataset``: ``name``, ``source``, ``n_images`` (sum of the splits), ``splits`` with the
   image counts of ``train``, ``validation``, ``calibration`` and ``test``.
 - ``model``: ``architecture``, ``parameters_count``, ``image_size``, ``path``.
