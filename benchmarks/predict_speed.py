@@ -1,7 +1,7 @@
 """Speed of the prediction command: cold start for one image, and throughput on a folder.
 
-Usage: .venv/bin/python benchmarks/predict_speed.py [--model DIR] [--runs 5] [--repeats 3]
-Writes results/benchmarks/predict_speed.json.
+Usage: .venv/bin/python benchmarks/predict_speed.py [--model DIR] [--runs 5] [--repeats 3] [--out FILE]
+Writes results/benchmarks/predict_speed.json (or FILE: another model's numbers beside the shipped one's).
 
 - cold start: wall time of `python -m utils.predict one.png --sex F` in a fresh process (imports,
   model load, decode, predict, print), `runs` times after one untimed run that warms the disk
@@ -162,6 +162,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed cold starts (median reported)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the folder (best reported)")
     parser.add_argument("--note", default="", help="what else ran on the machine, recorded with the numbers")
+    parser.add_argument("--out", type=Path, default=OUTPUT, help=f"the JSON file (default: {config.display_path(OUTPUT)})")
     arguments = parser.parse_args(argv)
     load_before, gflops = os.getloadavg(), matmul_gflops()
     with tempfile.TemporaryDirectory() as scratch:
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
             "folder": folder_throughput(model_dir, folder, scratch, arguments.repeats),
         }
     results.update(benchmark_machine_facts(load_before, arguments.note))
-    write_json_atomic(OUTPUT, results)
+    write_json_atomic(arguments.out, results)
     print(json.dumps(results, indent=2))
 
 

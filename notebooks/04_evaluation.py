@@ -117,10 +117,8 @@ speed
 # graph changes on the validation and test splits (the test row is reported, never used to choose).
 
 # %%
-onnx_runtime.export_onnx(paths.model, paths.onnx_model)
-if parameters.onnx_precision == "int8":
-    onnx_runtime.quantize_int8(paths.onnx_model, calibration[0], calibration[1])
-graph = onnx_runtime.OnnxBoneAgeModel(paths.onnx_model)
+graph = onnx_runtime.export_prediction_graph(paths.model, paths.onnx_model, precision=parameters.onnx_precision,
+                                             calibration=calibration[:2])
 graph_test_pred = graph.predict(test[0], test[1], tta=parameters.tta)
 prediction_runtime = {
     "precision": parameters.onnx_precision,

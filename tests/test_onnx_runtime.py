@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.model import KerasBoneAgeModel, predict_months
-from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx, quantize_int8
+from utils.onnx_runtime import OnnxBoneAgeModel, export_onnx, export_prediction_graph, quantize_int8
 from utils.parameters import TTA_MODES
 
 IMAGE_SIZE = 32
@@ -90,15 +90,18 @@ def test_int8_graph_is_quantised_and_stays_close_to_the_float_graph(exported, tm
     import onnx
 
     _, onnx_path = exported
-    int8_path = tmp_path / "tiny.onnx"
-    int8_path.write_bytes(onnx_path.read_bytes())
-    calibration_images, calibration_male = random_inputs(64, seed=2)
-    quantize_int8(int8_path, calibration_images, calibration_male)
-    operators = {node.op_type for node in onnx.load(int8_path).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    calibration = random_inputs(64, seed=2)
+    graphs = {precision: export_prediction_graph(onnx_path.with_suffix(".keras"), tmp_path / f"{precision}.onnx",
+                                                 precision=precision, calibration=calibration)
+              for precision in ("float32", "int8")}
+    operators = {precision: {node.op_type for node in onnx.load(tmp_path / f"{precision}.onnx").graph.node}
+                 for precision in graphs}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators["int8"]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & operators["float32"]
     images, male = random_inputs(200, seed=3)
     float_months = OnnxBoneAgeModel(onnx_path).predict(images, male)
-    int8_months = OnnxBoneAgeModel(int8_path).predict(images, male)
+    np.testing.assert_allclose(graphs["float32"].predict(images, male), float_months, atol=1e-5)
+    int8_months = graphs["int8"].predict(images, male)
     # Quantisation moves each prediction a little, far less than the predictions differ.
     assert np.abs(int8_months - float_months).mean() < 0.05 * float_months.std()
     assert np.corrcoef(int8_months, float_months)[0, 1] > 0.99
@@ -106,6 +109,9 @@ def test_int8_graph_is_quantised_and_stays_close_to_the_float_graph(exported, tm
 
 def test_int8_quantisation_refuses_bad_calibration_and_keeps_the_graph(exported, tmp_path):
     _, onnx_path = exported
+    with pytest.raises(ValueError, match="onnx_precision: expected float32 or int8, got 'fp16'"):
+        export_prediction_graph(onnx_path.with_suffix(".keras"), tmp_path / "any.onnx", precision="fp16", calibration=None)
+    assert not (tmp_path / "any.onnx").exists()
     graph = tmp_path / "tiny.onnx"
     graph.write_bytes(onnx_path.read_bytes())
     images, male = random_inputs(8)

@@ -1,7 +1,8 @@
 """Ensembles: several trained bone-age models averaged into one model with the same inputs and output.
 
 The ensemble is an ordinary Functional model ({"image", "male"} -> months), so it is saved as
-one `.keras`, exported to ONNX like any other, and the prediction command runs it unchanged.
+one `.keras`, exported to ONNX like any other (int8 when the runs' `onnx_precision` is, as stage
+04 does), and the prediction command runs it unchanged.
 This is the project's one ensemble mechanism: the members of a run (`ensemble_members`, seeds
 seed, seed+1, ...) and the models of several finished runs, e.g. the seeds of a sweep:
 
@@ -11,7 +12,8 @@ seed, seed+1, ...) and the models of several finished runs, e.g. the seeds of a 
 `from_runs` refuses runs that differ in preprocessing (their images would not be the same input)
 or in their split (one's calibration or test images would be another's training images, as the
 folds of a cross-validation are). The ensemble gets its own conformal calibration on the runs'
-calibration split, its own metrics on their test split and its own model card, in the `--out`
+calibration split, its own metrics on their test split (and, to judge it against its members,
+on their validation split: `ensemble_validation`) and its own model card, in the `--out`
 folder: bone_age.keras, bone_age.onnx, model_card.json, MODEL_CARD.md, performance_metrics.json,
 predictions_test.csv.
 """
@@ -126,12 +128,9 @@ def from_runs(runs: list[str], out) -> dict:
     calibration, test, train, validation = (study.split_arrays(table, images, split)
                                             for split in ("calibration", "test", "train", "validation"))
     # Whether the ensemble beats its members is judged here, on validation, never on test.
-    images_validation, male_validation, truth_validation = validation
-    validation_mae = {
-        name: float(np.mean(np.abs(predict_months(model, images_validation, male_validation, tta=parameters.tta)
-                                   - truth_validation)))
-        for name, model in [*zip(runs, members), ("ensemble", ensemble)]
-    }
+    validation_pred = {name: predict_months(model, validation[0], validation[1], tta=parameters.tta)
+                       for name, model in [*zip(runs, members), ("ensemble", ensemble)]}
+    validation_mae = {name: float(np.mean(np.abs(pred - validation[2]))) for name, pred in validation_pred.items()}
     calibration_pred = predict_months(ensemble, calibration[0], calibration[1], tta=parameters.tta)
     intervals = conformal.fit_conformal(calibration[2], calibration_pred, coverage=parameters.interval_coverage)
     predictions = table[table["split"] == "test"].reset_index(drop=True)
@@ -141,7 +140,17 @@ def from_runs(runs: list[str], out) -> dict:
     predictions["quality_score"], predictions["quality_flag"] = quality_reference.assess(test[0])
 
     ensemble.save(out / config.MODEL_FILE)
-    onnx_runtime.export_onnx(ensemble, out / config.ONNX_FILE)
+    # The members' graph precision (int8: calibrated on the calibration split), and what it changes.
+    graph = onnx_runtime.export_prediction_graph(ensemble, out / config.ONNX_FILE, precision=parameters.onnx_precision,
+                                                 calibration=calibration[:2])
+    graph_test_pred = graph.predict(test[0], test[1], tta=parameters.tta)
+    prediction_runtime = {
+        "precision": parameters.onnx_precision,
+        "validation": evaluation.runtime_agreement(validation[2], validation_pred["ensemble"],
+                                                   graph.predict(validation[0], validation[1], tta=parameters.tta)),
+        "test": evaluation.runtime_agreement(test[2], predictions["boneage_pred"].to_numpy(), graph_test_pred,
+                                             interval=intervals.interval(graph_test_pred)),
+    }
     member_metrics = [json.loads(config.RunPaths(run).metrics.read_text(encoding="utf-8")) for run in runs]
     speed = measure_inference_speed(ensemble, parameters.image_size)
     values = {**parameters.to_dict(), "run_name": out.name}
@@ -161,9 +170,10 @@ def from_runs(runs: list[str], out) -> dict:
                 "inference_seconds_single_image": speed["single_image_seconds"],
                 "numpy_fp32_matmul_gflops_at_training": None,
                 "numpy_fp32_matmul_gflops_at_evaluation": evaluation.matmul_gflops()},
+        prediction_runtime=prediction_runtime,
     )
     metrics["run"]["ensemble_of"] = list(runs)
-    metrics["ensemble_validation"] = {"n": len(truth_validation), "tta": parameters.tta,
+    metrics["ensemble_validation"] = {"n": len(validation[2]), "tta": parameters.tta,
                                       "mae": validation_mae.pop("ensemble"), "mae_by_member": validation_mae}
     evaluation.write_performance_metrics(out / config.METRICS_FILE, metrics)
     with atomic_path(out / "predictions_test.csv") as temporary:

@@ -50,6 +50,18 @@ def export_onnx(model, onnx_path) -> Path:
     return Path(onnx_path)
 
 
+def export_prediction_graph(model, onnx_path, *, precision: str, calibration) -> "OnnxBoneAgeModel":
+    """The prediction command's graph of `model` at `onnx_path`: exported, then quantised to int8
+    when `precision` is "int8" (ranges from `calibration`, the calibration split's (images, male)).
+    Stage 04 and the ensembles of runs both make theirs here."""
+    if precision not in ("float32", "int8"):
+        raise ValueError(f"onnx_precision: expected float32 or int8, got {precision!r}")
+    export_onnx(model, onnx_path)
+    if precision == "int8":
+        quantize_int8(onnx_path, *calibration)
+    return OnnxBoneAgeModel(onnx_path)
+
+
 def quantize_int8(onnx_path, images, male, *, calibration_images: int = 512) -> Path:
     """Replace the float32 graph at `onnx_path` by its static int8 quantisation, atomically.
 
