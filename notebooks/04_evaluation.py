@@ -119,14 +119,9 @@ speed
 # %%
 graph = onnx_runtime.export_prediction_graph(paths.model, paths.onnx_model, precision=parameters.onnx_precision,
                                              calibration=calibration[:2])
-graph_test_pred = graph.predict(test[0], test[1], tta=parameters.tta)
-prediction_runtime = {
-    "precision": parameters.onnx_precision,
-    "validation": evaluation.runtime_agreement(
-        validation[2], validation_pred[parameters.tta], graph.predict(validation[0], validation[1], tta=parameters.tta)),
-    "test": evaluation.runtime_agreement(
-        test[2], test_table["boneage_pred"].to_numpy(), graph_test_pred, interval=intervals.interval(graph_test_pred)),
-}
+prediction_runtime = evaluation.prediction_runtime_record(
+    graph, parameters.onnx_precision, tta=parameters.tta, validation=validation, validation_pred=validation_pred[parameters.tta],
+    test=test, test_pred=test_table["boneage_pred"].to_numpy(), intervals=intervals)
 pd.DataFrame({split: prediction_runtime[split] for split in ("validation", "test")}).T.round(3)
 
 # %% [markdown]

@@ -456,3 +456,30 @@ def test_runtime_agreement_measures_the_graph_against_the_keras_model():
     assert agreement["interval_coverage_pct"] == pytest.approx(50.0)  # 118 and 160.5 cover their truth
     with pytest.raises(ValueError, match="y_pred has 3"):
         evaluation.runtime_agreement(y_true, keras_pred, runtime_pred[:3])
+
+
+def test_prediction_runtime_record_runs_the_graph_on_both_splits_with_the_tta_and_its_own_intervals():
+    class Graph:  # months = 100 + image mean, shifted by 1 in the "shift" mode only
+        def __init__(self):
+            self.modes = []
+
+        def predict(self, images, male, tta):
+            self.modes.append(tta)
+            return 100.0 + images.reshape(len(images), -1).mean(axis=1) + (1.0 if tta == "shift" else 0.0)
+
+    class Intervals:  # a fixed +-2 months
+        def interval(self, predicted):
+            return predicted - 2.0, predicted + 2.0
+
+    images = np.stack([np.full((4, 4), value, dtype=np.uint8) for value in (0, 10, 20)])
+    male = np.zeros(3)
+    validation, test = (images, male, np.array([101.0, 111.0, 121.0])), (images, male, np.array([100.0, 110.0, 125.0]))
+    keras_pred = np.array([100.0, 110.0, 120.0])
+    graph = Graph()
+    record = evaluation.prediction_runtime_record(graph, "int8", tta="shift", validation=validation,
+                                                  validation_pred=keras_pred, test=test, test_pred=keras_pred,
+                                                  intervals=Intervals())
+    assert graph.modes == ["shift", "shift"] and record["precision"] == "int8"
+    assert record["validation"]["mae_runtime"] == pytest.approx(0.0) and record["validation"]["mae_keras"] == pytest.approx(1.0)
+    assert record["test"]["mean_abs_difference"] == pytest.approx(1.0)
+    assert record["test"]["interval_coverage_pct"] == pytest.approx(200 / 3)  # 101+-2 and 111+-2 cover, 121+-2 misses 125

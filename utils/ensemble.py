@@ -143,14 +143,10 @@ def from_runs(runs: list[str], out) -> dict:
     # The members' graph precision (int8: calibrated on the calibration split), and what it changes.
     graph = onnx_runtime.export_prediction_graph(ensemble, out / config.ONNX_FILE, precision=parameters.onnx_precision,
                                                  calibration=calibration[:2])
-    graph_test_pred = graph.predict(test[0], test[1], tta=parameters.tta)
-    prediction_runtime = {
-        "precision": parameters.onnx_precision,
-        "validation": evaluation.runtime_agreement(validation[2], validation_pred["ensemble"],
-                                                   graph.predict(validation[0], validation[1], tta=parameters.tta)),
-        "test": evaluation.runtime_agreement(test[2], predictions["boneage_pred"].to_numpy(), graph_test_pred,
-                                             interval=intervals.interval(graph_test_pred)),
-    }
+    prediction_runtime = evaluation.prediction_runtime_record(
+        graph, parameters.onnx_precision, tta=parameters.tta, validation=validation,
+        validation_pred=validation_pred["ensemble"], test=test, test_pred=predictions["boneage_pred"].to_numpy(),
+        intervals=intervals)
     member_metrics = [json.loads(config.RunPaths(run).metrics.read_text(encoding="utf-8")) for run in runs]
     speed = measure_inference_speed(ensemble, parameters.image_size)
     values = {**parameters.to_dict(), "run_name": out.name}

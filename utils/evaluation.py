@@ -337,6 +337,20 @@ def _mean_difference(a, b, axis=-1):
 # ---------------------------------------------------------------------------------------------
 
 
+def prediction_runtime_record(graph, precision: str, *, tta: str, validation, validation_pred, test, test_pred,
+                              intervals) -> dict:
+    """The metrics' ``prediction_runtime``: `runtime_agreement` of the prediction command's graph
+    (`graph.predict(images, male, tta=)`, e.g. an `OnnxBoneAgeModel`) with the Keras predictions
+    `validation_pred` and `test_pred`, on the splits' (images, male, truth) `validation` and
+    `test`; the test row adds the coverage of the graph's intervals from the fitted `intervals`."""
+    graph_test_pred = graph.predict(test[0], test[1], tta=tta)
+    return {
+        "precision": precision,
+        "validation": runtime_agreement(validation[2], validation_pred, graph.predict(validation[0], validation[1], tta=tta)),
+        "test": runtime_agreement(test[2], test_pred, graph_test_pred, interval=intervals.interval(graph_test_pred)),
+    }
+
+
 def runtime_agreement(y_true, keras_pred, runtime_pred, interval=None) -> dict:
     """How the graph the prediction command runs (ONNX, float32 or int8) departs from the Keras
     model the metrics come from, on one split: both MAEs (months), the change of the MAE, the mean
