@@ -1,8 +1,8 @@
 """Wall time of the fast tests (issue 10: `make test-fast` under a minute on 2 cores).
 
 Usage: .venv/bin/python benchmarks/test_speed.py [--runs 2] [--note "..."]
-Writes results/benchmarks/test_speed.json. Each run is the command `make test-fast` runs,
-`python -m pytest -m "not slow" -n auto --dist loadscope`, in a subprocess from the project root; the file records
+Writes results/benchmarks/test_speed.json. Each run is `make test-fast` itself (quiet output through
+PYTEST_ADDOPTS), in a subprocess from the project root, after one untimed `make setup`; the file records
 each run's wall time and pytest's count of passed tests, the machine's numpy float32 matmul
 speed before each run and the load average, because neighbours on a shared machine change the
 numbers; say in `note` what else was running.
@@ -24,13 +24,15 @@ from utils.evaluation import benchmark_machine_facts, machine_speed_now
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "test_speed.json"
-COMMAND = ["-m", "pytest", "-m", "not slow", "-n", "auto", "--dist", "loadscope", "-q", "-p", "no:cacheprovider"]
+# The Makefile is the one home of the fast tests' options; these only quieten pytest's output.
+COMMAND = ["make", "--no-print-directory", "test-fast"]
+ENVIRONMENT = {**os.environ, "PYTEST_ADDOPTS": "-q -p no:cacheprovider"}
 
 
 def time_tests() -> dict:
     speed = machine_speed_now()
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, *COMMAND], cwd=config.PROJECT_ROOT, capture_output=True, text=True,
+    completed = subprocess.run(COMMAND, cwd=config.PROJECT_ROOT, env=ENVIRONMENT, capture_output=True, text=True,
                                check=False)
     seconds = time.perf_counter() - started
     summary = completed.stdout.strip().splitlines()[-1] if completed.stdout.strip() else completed.stderr.strip()
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.runs < 1:
         parser.error(f"--runs: expected an integer >= 1, got {arguments.runs}")
+    subprocess.run(["make", "--no-print-directory", "setup"], cwd=config.PROJECT_ROOT, check=True)  # never timed
     load_before = os.getloadavg()
     runs = []
     for _ in range(arguments.runs):
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     record = {
         "what": "wall time of the fast tests, as `make test-fast` runs them",
         "command": "python benchmarks/test_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tests_command": "python " + " ".join(COMMAND),
+        "tests_command": f"PYTEST_ADDOPTS='{ENVIRONMENT['PYTEST_ADDOPTS']}' " + " ".join(COMMAND),
         "median_wall_seconds": round(statistics.median(run["wall_seconds"] for run in runs), 1),
         "target_seconds": 60,
         "runs": runs,

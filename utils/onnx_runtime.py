@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime
 
 from utils.files import atomic_path
+from utils.parameters import ONNX_PRECISIONS
 from utils.preprocessing import tta_average
 
 INPUT_NAMES = ("image", "male")
@@ -54,8 +55,8 @@ def export_prediction_graph(model, onnx_path, *, precision: str, calibration) ->
     """The prediction command's graph of `model` at `onnx_path`: exported, then quantised to int8
     when `precision` is "int8" (ranges from `calibration`, the calibration split's (images, male)).
     Stage 04 and the ensembles of runs both make theirs here."""
-    if precision not in ("float32", "int8"):
-        raise ValueError(f"onnx_precision: expected float32 or int8, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"onnx_precision: expected {' or '.join(ONNX_PRECISIONS)}, got {precision!r}")
     export_onnx(model, onnx_path)
     if precision == "int8":
         quantize_int8(onnx_path, *calibration)
