@@ -47,6 +47,8 @@ VARIANTS = {
     "flip": ("horizontal flip as augmentation and as a TTA view", {"augment_flip": True, "tta": "shift_flip"}),
     "l1": ("L1 loss instead of Huber (delta 0.25 SD)", {"loss": "l1"}),
     "huber_small": ("Huber with a small delta (0.05 SD, about 2 months)", {"huber_delta": 0.05}),
+    "distribution": ("a softmax over 80 age bins and its expected value, instead of one linear output",
+                     {"head": "distribution", "age_bins": 80}),
     "ema": ("exponential moving average of the weights", {"ema": True}),
     "hand_crop": ("crop to the hand's bounding box before resizing", {"hand_crop": "box"}),
     "native_100": ("the native 100 px thumbnails instead of 96 px", {"image_size": 100}),

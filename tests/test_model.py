@@ -173,3 +173,55 @@ def test_the_loss_parameter_chooses_the_loss(loss, expected):
     options = {**load_parameters("ci").training_options(), "loss": loss, "ema": True}
     compile_model(model, architecture="ours", learning_rate=1e-3, steps_per_epoch=4, epochs=2, **options)
     assert isinstance(model.loss, expected) and model.optimizer.use_ema
+
+
+def test_distribution_head_predicts_the_expected_age_of_its_bins():
+    from utils.model import distribution_centres
+
+    model = tiny_model(head="distribution", age_bins=9)
+    assert tuple(model.output.shape) == (None, 1)
+    logits = model.get_layer("age_distribution")
+    kernel, bias = logits.get_weights()
+    images, male = random_inputs()
+    # Equal logits: a uniform distribution over bins symmetric about 0 SD, so the mean age.
+    logits.set_weights([np.zeros_like(kernel), np.zeros_like(bias)])
+    np.testing.assert_allclose(predict_months(model, images, male), 100.0, atol=1e-3)
+    # All the mass on bin 6 (+2 SD of -4..4 in 9 bins): 100 + 2 * 40 months.
+    assert distribution_centres(9)[6] == pytest.approx(2.0)
+    logits.set_weights([np.zeros_like(kernel), np.where(np.arange(9) == 6, 50.0, 0.0)])
+    np.testing.assert_allclose(predict_months(model, images, male), 180.0, atol=1e-3)
+    # Half on bin 1 (-3 SD), half on bin 6: the expectation lies between, not at either.
+    logits.set_weights([np.zeros_like(kernel), np.where(np.isin(np.arange(9), (1, 6)), 50.0, 0.0)])
+    np.testing.assert_allclose(predict_months(model, images, male), 100.0 + 40 * (-3 + 2) / 2, atol=1e-3)
+
+
+def test_distribution_head_bins_stay_fixed_in_training_and_on_disk(tmp_path):
+    from utils.model import compile_model, distribution_centres
+
+    model = tiny_model(head="distribution", age_bins=12)
+    compile_model(model, architecture="ours", learning_rate=1e-2, steps_per_epoch=2, epochs=1,
+                  **load_parameters("ci").training_options())
+    images, male = random_inputs(n=16)
+    before = model.get_layer("age_distribution").get_weights()[0].copy()
+    model.fit({"image": images[..., None].astype("float32"), "male": male[:, None]},
+              np.linspace(20, 200, 16, dtype="float32")[:, None], batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(model.get_layer("age_distribution").get_weights()[0], before)  # the logits learn
+    np.testing.assert_allclose(model.get_layer("standardised_age").get_weights()[0][:, 0], distribution_centres(12))
+    model.save(tmp_path / "distribution.keras")
+    loaded = keras.saving.load_model(tmp_path / "distribution.keras")
+    np.testing.assert_allclose(predict_months(loaded, images, male), predict_months(model, images, male), atol=1e-4)
+
+
+def test_distribution_head_computes_in_float32_under_mixed_precision():
+    from utils.model import set_precision, to_float32
+
+    try:
+        set_precision("mixed_bfloat16")
+        model = tiny_model(head="distribution", age_bins=9)
+        assert model.get_layer("head_dense").compute_dtype == "bfloat16"
+        assert {model.get_layer(name).compute_dtype for name in ("age_distribution", "standardised_age")} == {"float32"}
+    finally:
+        set_precision("none")
+    images, male = random_inputs()
+    np.testing.assert_allclose(predict_months(to_float32(model), images, male), predict_months(model, images, male),
+                               atol=0.5)

@@ -181,7 +181,31 @@ def _head(x, male, settings: dict):
     # model hedged (test bias girls +4.3, boys -1.6 months in results/rsna100 of commit 2477775).
     x = layers.Concatenate(name="with_sex")([x, male])
     x = layers.Dense(settings["dense_units"], activation="relu", name="head_dense")(x)
-    return layers.Dense(1, name="standardised_age")(x)
+    if settings["head"] == "regression":
+        return layers.Dense(1, name="standardised_age")(x)
+    return _distribution_head(x, settings["age_bins"])
+
+
+def _distribution_head(x, bins: int):
+    """A softmax over `bins` standardised ages evenly spread over +-DISTRIBUTION_RANGE SD, and its
+    expected value (the mean of the distribution rather than one regressed number; the loss is
+    still the run's Huber or L1 on it). The bin centres are the fixed kernel of a Dense layer, so
+    the saved model needs no custom layer. In float32 under mixed precision: an expected value
+    over many bins in bfloat16 would be off by about 0.01 SD."""
+    float32 = {"dtype": "float32"} if keras.mixed_precision.global_policy().name.startswith("mixed") else {}
+    probabilities = layers.Dense(bins, activation="softmax", name="age_distribution", **float32)(x)
+    expected = layers.Dense(1, use_bias=False, trainable=False, name="standardised_age", **float32)
+    standardised = expected(probabilities)
+    expected.kernel.assign(distribution_centres(bins)[:, None])
+    return standardised
+
+
+DISTRIBUTION_RANGE = 4.0  # SD either side of the mean training age: 0.0003 of a normal's mass lies beyond
+
+
+def distribution_centres(bins: int) -> np.ndarray:
+    """The standardised ages of the distribution head's bins."""
+    return np.linspace(-DISTRIBUTION_RANGE, DISTRIBUTION_RANGE, bins, dtype="float32")
 
 
 def _backbone_network(image, male, architecture: str, settings: dict, weights):

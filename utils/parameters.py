@@ -34,6 +34,8 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "mirrored")
 IMAGE_CACHES = ("memory", "mmap")
 BLOCKS = ("plain", "residual")
+# regression: one linear unit; distribution: a softmax over age bins, the prediction its expected value
+HEADS = ("regression", "distribution")
 LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
 ONNX_PRECISIONS = ("float32", "int8")
@@ -190,6 +192,10 @@ class Parameters:
     stem_stride: int = _parameter(_integer(1, 4), "stride of the first convolution")
     dropout: float = _parameter(_number(0.0, below=1.0), "dropout before the head")
     dense_units: int = _parameter(_integer(1), "units of the head's hidden layer")
+    head: str = _parameter(_choice(*HEADS), "regression (one linear output) or distribution (softmax over age bins, "
+                           "its expected value)")
+    age_bins: int = _parameter(_integer(2, 1000), "bins of the distribution head, evenly spread over +-4 SD of the "
+                               "training ages")
     batchnorm_momentum: float = _parameter(_number(above=0.0, below=1.0), "BatchNorm moving-average momentum")
     init_weights: str | None = _parameter(_optional(_text), "'imagenet' (Keras' weights of a keras.applications "
                                           "backbone), a keras.applications .h5 weights file, or a .keras / "
@@ -269,12 +275,12 @@ class Parameters:
         return _validated({**self.to_dict(), **changes})
 
 
-NETWORK_OPTIONS = ("widths", "convs_per_stage", "block", "stem_stride", "dropout", "dense_units",
+NETWORK_OPTIONS = ("widths", "convs_per_stage", "block", "stem_stride", "dropout", "dense_units", "head", "age_bins",
                    "batchnorm_momentum", "augment_rotation_degrees", "augment_shift", "augment_zoom",
                    "augment_contrast", "augment_brightness", "augment_flip")
 TRAINING_OPTIONS = ("weight_decay", "loss", "huber_delta", "ema", "ema_momentum")
 # A keras.applications backbone takes our head and augmentation; its own layers are not parameters.
-BACKBONE_OPTIONS = ("dropout", "dense_units", "augment_rotation_degrees", "augment_shift", "augment_zoom",
+BACKBONE_OPTIONS = ("dropout", "dense_units", "head", "age_bins", "augment_rotation_degrees", "augment_shift", "augment_zoom",
                     "augment_contrast", "augment_brightness", "augment_flip")
 NAMES = tuple(item.name for item in dataclasses.fields(Parameters))
 

@@ -701,7 +701,10 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
                    f"global average pooling, dropout {parameters.get('dropout')} and a dense layer of "
                    f"{parameters.get('dense_units')} units. The sex (0 girl, 1 boy) joins after the dropout, so that it "
                    "is never hidden from the network. The output is the standardised age (z-score of the training "
-                   "ages), turned into months inside the model.")
+                   "ages), turned into months inside the model"
+                   + (f": the expected value of a softmax over {parameters.get('age_bins')} age bins spread over "
+                      "4 standard deviations either side of the mean age." if parameters.get("head") == "distribution"
+                      else "."))
     else:
         network = (f"The '{architecture or 'unknown'}' network"
                    + ("" if _missing(count) else f" of {_count(count)} parameters")
