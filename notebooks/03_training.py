@@ -25,7 +25,8 @@
 # budget, so that stage 04 can compare the two. The network is ours or a keras.applications
 # backbone with our head (`architecture`), from random, ImageNet or a local file's weights
 # (`init_weights`), optionally with the backbone frozen for the first epochs, in mixed precision
-# and over several devices (`mixed_precision`, `distribution`).
+# and over several devices (`mixed_precision`, `distribution`). With `refit_on_validation`, the
+# final network trains on train + validation for exactly `epochs` epochs and keeps the last.
 
 # %% tags=["parameters"]
 # A preset of presets.yaml and overrides of its parameters; the pipeline sets both.
@@ -55,6 +56,11 @@ table = study.load_split_table(parameters, paths)
 images = study.load_images(table, parameters, mmap=parameters.image_cache == "mmap")
 train = study.split_arrays(table, images, "train")
 validation = study.split_arrays(table, images, "validation")
+if parameters.refit_on_validation:
+    # The final network learns from the validation images too, for the epochs a run without the
+    # refit chose on them; from here on their MAE is in-sample and chooses nothing.
+    train = tuple(np.concatenate(arrays) for arrays in zip(train, validation))
+    print("refit: the validation images join training; every model keeps its last epoch")
 target_mean, target_std = float(train[2].mean()), float(train[2].std())
 print(f"train {len(train[0]):,} · validation {len(validation[0]):,} images of "
       f"{parameters.image_size} px; target mean {target_mean:.1f} months, SD {target_std:.1f}")
@@ -159,6 +165,7 @@ def fit(architecture, built_model, checkpoint_name, history_path, batch_size, le
         strategy=strategy,
         freeze_backbone_epochs=parameters.freeze_backbone_epochs if architecture != "seed_baseline" else 0,
         finetune_learning_rate_factor=parameters.finetune_learning_rate_factor,
+        keep="last" if parameters.refit_on_validation else "best",
     )
 
 

@@ -275,3 +275,15 @@ def test_figures_float_so_that_no_page_but_the_last_is_left_mostly_empty(study_r
     shares = study_report[2]
     assert len(shares) >= 8
     assert max(shares[:-1]) < 0.35, [round(share, 2) for share in shares]
+
+
+@pytest.mark.parametrize("refit, expected", [
+    (False, "Our network kept epoch 12 (validation MAE 9.50 months) after 15 epochs"),
+    (True, "Our network kept epoch 15 (the last; refitted on training and validation images, so its validation MAE "
+           "of 8.10 months is in-sample) after 15 epochs")])
+def test_training_paragraph_says_when_the_validation_mae_is_in_sample(tmp_path, refit, expected):
+    summary = {"best_epoch": 15 if refit else 12, "best_val_mae": 8.1 if refit else 9.5, "epoch": list(range(1, 16)),
+               "training_seconds": 600.0, "stop_reason": "epochs"}
+    run = report._Run(metrics={"run": {"parameters": {"refit_on_validation": refit}}}, training={"ours": summary})
+    text = report._training_paragraph(run, report._FigurePlan(tmp_path, styles=None))
+    assert text.startswith(expected)

@@ -128,7 +128,9 @@ def test_finished_run_is_not_trained_again(tmp_path):
     [({"learning_rate": 5e-4}, "learning_rate"), ({"seed": 1}, "seed"), ({"network": {"dropout": 0.5}}, "network_sha256"),
      ({"training_options": {**CI.training_options(), "loss": "l1"}}, "training_options"),
      # The same labels and size with inverted images: only the content differs.
-     ({"train": (255 - TRAIN[0], *TRAIN[1:])}, "train_data_sha256")],
+     ({"train": (255 - TRAIN[0], *TRAIN[1:])}, "train_data_sha256"),
+     # A refit keeps its last epoch: not a checkpoint that kept the best.
+     ({"keep": "last"}, "keep")],
 )
 def test_checkpoints_of_other_settings_are_not_resumed(tmp_path, change, differs):
     fit(tiny_model(), tmp_path, epochs=1)
@@ -151,6 +153,28 @@ def test_early_stopping_on_validation_mae(tmp_path):
     model.trainable = False
     history = fit(model, tmp_path, epochs=20, patience=2)
     assert history["stop_reason"] == "early_stopping" and len(history["epoch"]) == 3
+
+
+@pytest.mark.slow
+def test_keep_last_ends_with_the_final_epoch_and_never_stops_early(tmp_path):
+    # A frozen model never improves on epoch 1: keeping the best, it would stop after epoch 2.
+    frozen = tiny_model()
+    frozen.trainable = False
+    history = fit(frozen, tmp_path / "frozen", epochs=4, patience=1, keep="last")
+    assert history["epoch"] == [1, 2, 3, 4] and history["stop_reason"] == "epochs"
+    assert history["best_epoch"] == 4 and history["best_val_mae"] == history["val_mae"][-1]
+    # A network that learns ends with its last weights, whatever its validation MAE did.
+    model = tiny_model()
+    history = fit(model, tmp_path / "learning", epochs=3, learning_rate=5e-2, keep="last")
+    assert history["best_epoch"] == 3
+    images, male, _ = VALIDATION
+    last = keras.models.load_model(tmp_path / "learning" / "checkpoints" / "last.keras")
+    np.testing.assert_allclose(predict_months(model, images, male), predict_months(last, images, male), rtol=1e-5)
+
+
+def test_keep_must_be_best_or_last(tmp_path):
+    with pytest.raises(ValueError, match="keep: expected best or last, got 'first'"):
+        fit(tiny_model(), tmp_path, keep="first")
 
 
 @pytest.mark.slow

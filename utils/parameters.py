@@ -219,6 +219,9 @@ class Parameters:
     ema: bool = _parameter(_boolean, "keep an exponential moving average of the weights")
     ema_momentum: float = _parameter(_number(above=0.0, below=1.0), "EMA momentum per step")
     patience: int = _parameter(_integer(1), "early-stopping patience, epochs")
+    refit_on_validation: bool = _parameter(_boolean, "train on train + validation for exactly `epochs` epochs and "
+                                           "keep the last (epochs chosen on validation by a run without this); "
+                                           "the validation MAE is then in-sample")
     time_budget_minutes: float | None = _parameter(_optional(_number(above=0.0)), "stop training after this long")
     augment: bool = _parameter(_boolean, "training-time augmentation")
     augment_rotation_degrees: float = _parameter(_number(0.0, 180.0), "random rotation, +- degrees")

@@ -808,8 +808,11 @@ def _training_paragraph(run: _Run, plan: _FigurePlan) -> str:
         if not summary:
             continue
         minutes = summary.get("training_seconds")
-        parts.append(f"{label} kept epoch {summary.get('best_epoch')} (validation MAE "
-                     f"{_months(summary.get('best_val_mae'), 2)}) after "
+        refit = run.parameters.get("refit_on_validation")
+        parts.append(f"{label} kept epoch {summary.get('best_epoch')} ("
+                     + ("the last; refitted on training and validation images, so its validation MAE of "
+                        f"{_months(summary.get('best_val_mae'), 2)} is in-sample" if refit else
+                        f"validation MAE {_months(summary.get('best_val_mae'), 2)}") + ") after "
                      f"{len(summary.get('epoch') or []) or DASH} epochs"
                      + ("" if _missing(minutes) else f" and {_number(minutes / 60, 1)} minutes")
                      + (f"; {STOP_REASONS.get(summary['stop_reason'], 'it stopped: ' + str(summary['stop_reason']))}"

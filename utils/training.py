@@ -45,6 +45,7 @@ from utils.model import backbone_layers, compile_model
 from utils.preprocessing import CachedRows
 
 MONITOR = "val_mae"  # validation MAE in months
+KEEP = ("best", "last")  # the epoch train_model ends with
 
 
 def make_dataset(images: np.ndarray, male: np.ndarray, boneage: np.ndarray, *, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
@@ -116,6 +117,7 @@ def train_model(
     strategy=None,
     freeze_backbone_epochs: int = 0,
     finetune_learning_rate_factor: float = 1.0,
+    keep: str = "best",
 ) -> dict:
     """Compile and fit `model` on (images uint8 (N,S,S), male (N,), boneage (N,)) tuples; returns the history.
 
@@ -133,7 +135,12 @@ def train_model(
     `freeze_backbone_epochs`: the layers before the pooling (`model.backbone_layers`) are frozen for
     that many epochs, then the whole network trains at `finetune_learning_rate_factor` times the
     schedule's learning rate; checkpoints hold the whole network trainable, so any epoch resumes.
+    `keep`: "best" ends with the epoch of lowest validation MAE (early stopping watches it); "last"
+    with the final epoch and no early stopping, for a network refitted on train + validation, whose
+    validation MAE is in-sample and must not choose (`best_epoch` is then the last epoch).
     """
+    if keep not in KEEP:
+        raise ValueError(f"keep: expected {' or '.join(KEEP)}, got {keep!r}")
     checkpoint_dir = Path(checkpoint_dir)
     training_options = dict(training_options or {})
     keras.utils.set_random_seed(seed)
@@ -146,6 +153,8 @@ def train_model(
     if frozen:  # recorded only then, so that the checkpoints of other runs keep resuming
         settings.update(freeze_backbone_epochs=freeze_backbone_epochs,
                         finetune_learning_rate_factor=finetune_learning_rate_factor)
+    if keep != "best":  # likewise
+        settings.update(keep=keep)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
                       epochs=epochs, **training_options, freeze_steps=steps_per_epoch * freeze_backbone_epochs if frozen else 0,
@@ -154,11 +163,12 @@ def train_model(
             model.optimizer.build(model.trainable_variables)
         _remove_leftover_temporaries(checkpoint_dir)
         _settle_checkpoints(checkpoint_dir)
-        state = _resume(model, checkpoint_dir, settings, ema=bool(training_options.get("ema")))
+        state = _resume(model, checkpoint_dir, settings, ema=bool(training_options.get("ema")), keep=keep)
     history = state["history"]
-    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings,
-                            best_keras_epoch=state.get("best_keras_epoch", _best_epoch(history)))
-    stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
+    record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings, keep=keep,
+                            best_keras_epoch=state.get("best_keras_epoch", _best_epoch(history, keep)))
+    stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds,
+                               keep=keep)
     if stop_reason is None:
         # With EMA, validation and best.keras use the averaged weights: last.keras (and the
         # optimizer state) are written first with the raw ones, then the averages are swapped in.
@@ -173,12 +183,14 @@ def train_model(
                 validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
                 epochs=epochs,
                 initial_epoch=initial_epoch,
-                callbacks=[*freezing, *epoch_end, _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds),
+                callbacks=[*freezing, *epoch_end,
+                           _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds),
                            *callbacks],
                 verbose=2 if progress else 0,
                 shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
             )
-        stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds)
+        stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience,
+                                   budget=time_budget_seconds, keep=keep)
     model.load_weights(checkpoint_dir / "best.keras")
     return record.finish(stop_reason)
 
@@ -304,13 +316,13 @@ def _settle_checkpoints(checkpoint_dir: Path) -> None:
         print(f"{checkpoint_dir}: epoch {epoch} was stopped before it was recorded; it is trained again")
 
 
-def _check_best(checkpoint_dir: Path, state: dict, ema: bool) -> None:
+def _check_best(checkpoint_dir: Path, state: dict, ema: bool, keep: str = "best") -> None:
     """best.keras must hold the epoch the history names best; checkpoints of older code that a kill
     left with an older best.keras are repaired from last.keras where that is the same model."""
     values = state["history"].get(MONITOR, [])
     if not values:
         return
-    best_epoch = int(np.argmin(values)) + 1
+    best_epoch = _best_epoch(state["history"], keep)
     best, last = checkpoint_dir / "best.keras", checkpoint_dir / "last.keras"
     if "best_keras_epoch" in state:
         if state["best_keras_epoch"] != best_epoch or not best.exists():
@@ -336,7 +348,7 @@ def _resume_settings(model: keras.Model, **settings) -> dict:
     return {"network_sha256": network, **settings}
 
 
-def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict, ema: bool = False) -> dict:
+def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict, ema: bool = False, keep: str = "best") -> dict:
     """Restore weights and optimizer state from last.keras; the saved state, or a fresh one."""
     state_file, last = checkpoint_dir / "state.json", checkpoint_dir / "last.keras"
     if not (state_file.exists() and last.exists()):
@@ -349,7 +361,7 @@ def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict, ema: bool 
             f"{checkpoint_dir} holds a run trained with other settings ({', '.join(changed)} differ); "
             "delete that folder to start again, or give the run another run_name"
         )
-    _check_best(checkpoint_dir, state, ema)
+    _check_best(checkpoint_dir, state, ema, keep)
     saved = keras.models.load_model(last)
     model.set_weights(saved.get_weights())
     model.optimizer.build(model.trainable_variables)
@@ -360,17 +372,25 @@ def _resume(model: keras.Model, checkpoint_dir: Path, settings: dict, ema: bool 
     return state
 
 
-def _best_epoch(history: dict) -> int | None:
+def _kept_index(history: dict, keep: str = "best") -> int | None:
+    """The 0-based epoch `keep` keeps so far: the lowest validation MAE, or the last epoch."""
     values = history.get(MONITOR, [])
-    return int(np.argmin(values)) + 1 if values else None
+    if not values:
+        return None
+    return len(values) - 1 if keep == "last" else int(np.argmin(values))
 
 
-def _epochs_since_best(history: dict) -> int:
-    values = history.get(MONITOR, [])
-    return len(values) - 1 - int(np.argmin(values)) if values else 0
+def _best_epoch(history: dict, keep: str = "best") -> int | None:
+    index = _kept_index(history, keep)
+    return None if index is None else index + 1
 
 
-def _stop_reason(history, training_seconds, *, epochs, patience, budget):
+def _epochs_since_best(history: dict, keep: str = "best") -> int:
+    index = _kept_index(history, keep)
+    return 0 if index is None else len(history[MONITOR]) - 1 - index
+
+
+def _stop_reason(history, training_seconds, *, epochs, patience, budget, keep="best"):
     """Why training must not start another epoch, or None.
 
     The budget stops training when the next epoch (estimated by the last one) would end past it.
@@ -378,7 +398,7 @@ def _stop_reason(history, training_seconds, *, epochs, patience, budget):
     completed = len(history.get("epoch", []))
     if completed >= epochs:
         return "epochs"
-    if completed and _epochs_since_best(history) >= patience:
+    if completed and _epochs_since_best(history, keep) >= patience:
         return "early_stopping"
     if budget is not None and completed:
         if training_seconds + history["epoch_seconds"][-1] > budget:
@@ -397,10 +417,11 @@ class _EpochRecorder(keras.callbacks.Callback):
     its best model, `_Commit` then state.json, the renames and the history)."""
 
     def __init__(self, checkpoint_dir: Path, history_path, history: dict, training_seconds: float, settings: dict,
-                 best_keras_epoch: int | None = None):
+                 best_keras_epoch: int | None = None, keep: str = "best"):
         super().__init__()
         self.checkpoint_dir, self.history_path = checkpoint_dir, Path(history_path)
         self.history, self.training_seconds, self.settings = history, training_seconds, settings
+        self.keep = keep
         self.best_keras_epoch = best_keras_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -433,7 +454,7 @@ class _EpochRecorder(keras.callbacks.Callback):
 
     def finish(self, stop_reason: str) -> dict:
         values = self.history.get(MONITOR, [])
-        best = int(np.argmin(values)) if values else None
+        best = _kept_index(self.history, self.keep)
         self.history.update(
             best_epoch=None if best is None else best + 1,
             best_val_mae=None if best is None else values[best],
@@ -446,15 +467,15 @@ class _EpochRecorder(keras.callbacks.Callback):
 
 
 class _BestKeeper(keras.callbacks.Callback):
-    """best.keras after an epoch that improved the validation MAE (a separate callback so that,
-    with EMA, it runs after the averaged weights are swapped in)."""
+    """best.keras after an epoch that improved the validation MAE, or after every epoch with keep
+    "last" (a separate callback so that, with EMA, it runs after the averaged weights are swapped in)."""
 
     def __init__(self, recorder: _EpochRecorder):
         super().__init__()
         self.recorder = recorder
 
     def on_epoch_end(self, epoch, logs=None):
-        if _epochs_since_best(self.recorder.history) == 0:
+        if _epochs_since_best(self.recorder.history, self.recorder.keep) == 0:
             _save_atomic(self.model, _pending(self.recorder.checkpoint_dir, "best", epoch + 1))
             self.recorder.best_keras_epoch = epoch + 1
 
@@ -478,6 +499,7 @@ class _StopRule(keras.callbacks.Callback):
         self.recorder, self.epochs, self.patience, self.budget = recorder, epochs, patience, budget
 
     def on_epoch_end(self, epoch, logs=None):
-        reason = _stop_reason(self.recorder.history, self.recorder.training_seconds, epochs=self.epochs, patience=self.patience, budget=self.budget)
+        reason = _stop_reason(self.recorder.history, self.recorder.training_seconds, epochs=self.epochs,
+                              patience=self.patience, budget=self.budget, keep=self.recorder.keep)
         if reason in ("early_stopping", "time_budget"):
             self.model.stop_training = True
