@@ -245,3 +245,13 @@ def test_the_markdown_card_tells_people_what_the_model_is_for_and_how_good_it_is
 def test_the_markdown_card_without_metrics_says_it_has_no_intervals(parts):
     text = a_card(parts).to_markdown()
     assert "no intervals" in text and "## Subgroups" not in text and "9.50" in text
+
+
+def test_data_lines_say_when_the_network_was_refitted_on_validation():
+    from utils.model_card import _data_lines
+
+    parameters = {"dataset": "../shared/data/rsna-bone-age-100", "epochs": 40}
+    counts = {"train": 7000, "validation": 1000, "calibration": 500, "test": 1500}
+    assert not any("Refitted" in line for line in _data_lines(parameters, counts))
+    refit = " ".join(_data_lines({**parameters, "refit_on_validation": True}, counts))
+    assert "training and validation images together for 40 epochs" in refit and "test splits stayed out" in refit
