@@ -255,3 +255,5 @@ def test_data_lines_say_when_the_network_was_refitted_on_validation():
     assert not any("Refitted" in line for line in _data_lines(parameters, counts))
     refit = " ".join(_data_lines({**parameters, "refit_on_validation": True}, counts))
     assert "training and validation images together for 40 epochs" in refit and "test splits stayed out" in refit
+    synthetic = " ".join(_data_lines({"dataset": "synthetic", "epochs": 8, "refit_on_validation": True}, counts))
+    assert "Synthetic hand radiographs" in synthetic and "together for 8 epochs" in synthetic

@@ -385,6 +385,15 @@ def _markdown_table(rows: list[list[str]]) -> list[str]:
 
 
 def _data_lines(parameters: dict, split_counts: dict) -> list[str]:
+    lines = _source_lines(parameters, split_counts)
+    if parameters.get("refit_on_validation"):
+        lines.append(f"- Refitted: the network trained on the training and validation images together for "
+                     f"{parameters.get('epochs')} epochs (a count chosen on validation by a run without the refit) "
+                     "and kept its last epoch; the calibration and test splits stayed out.")
+    return lines
+
+
+def _source_lines(parameters: dict, split_counts: dict) -> list[str]:
     dataset = str(parameters.get("dataset", ""))
     counts = ", ".join(f"{name} {count:,}" for name, count in split_counts.items())
     if dataset == "synthetic":
@@ -393,10 +402,6 @@ def _data_lines(parameters: dict, split_counts: dict) -> list[str]:
                 "about real radiographs follows from this model."]
     lines = [f"- `{dataset}` ({counts}), split at random, stratified by age band and sex; the test split took "
              "no part in training or model selection."]
-    if parameters.get("refit_on_validation"):
-        lines.append(f"- Refitted: the network trained on the training and validation images together for "
-                     f"{parameters.get('epochs')} epochs (a count chosen on validation by a run without the refit) "
-                     "and kept its last epoch; the calibration and test splits stayed out.")
     if "rsna" in dataset.lower():
         lines += [
             "- Source: the RSNA Pediatric Bone Age Challenge 2017 data (" + RSNA_CITATION + "). Labels are one "
