@@ -35,7 +35,7 @@ import numpy as np
 from keras import layers
 
 from utils import backbones
-from utils.parameters import ARCHITECTURES, BACKBONE_OPTIONS, BACKBONES, NETWORK_OPTIONS
+from utils.parameters import ARCHITECTURES, BACKBONE_OPTIONS, BACKBONES, DISTRIBUTION_RANGE, NETWORK_OPTIONS
 from utils.preprocessing import tta_average
 
 LAST_CONV_LAYER = "last_conv"  # Grad-CAM (utils/explain.py) looks for this name
@@ -100,9 +100,8 @@ def build_model(
         standardised = _seed_network(_apply(augmentation, image), settings)
     # The network predicts the standardised age; this layer turns it into months (in float32
     # under mixed precision: the months and the loss need its range and precision).
-    mixed = keras.mixed_precision.global_policy().name.startswith("mixed")
     months = layers.Rescaling(scale=float(target_std), offset=float(target_mean), name=OUTPUT_LAYER,
-                              **({"dtype": "float32"} if mixed else {}))(standardised)
+                              **_float32_under_mixed_precision())(standardised)
     return keras.Model({"image": image, "male": male}, months, name=f"bone_age_{architecture}")
 
 
@@ -192,7 +191,7 @@ def _distribution_head(x, bins: int):
     still the run's Huber or L1 on it). The bin centres are the fixed kernel of a Dense layer, so
     the saved model needs no custom layer. In float32 under mixed precision: an expected value
     over many bins in bfloat16 would be off by about 0.01 SD."""
-    float32 = {"dtype": "float32"} if keras.mixed_precision.global_policy().name.startswith("mixed") else {}
+    float32 = _float32_under_mixed_precision()
     probabilities = layers.Dense(bins, activation="softmax", name="age_distribution", **float32)(x)
     expected = layers.Dense(1, use_bias=False, trainable=False, name="standardised_age", **float32)
     standardised = expected(probabilities)
@@ -200,7 +199,9 @@ def _distribution_head(x, bins: int):
     return standardised
 
 
-DISTRIBUTION_RANGE = 4.0  # SD either side of the mean training age: 0.0003 of a normal's mass lies beyond
+def _float32_under_mixed_precision() -> dict:
+    """A layer's keyword arguments that keep it in float32 under a mixed-precision policy."""
+    return {"dtype": "float32"} if keras.mixed_precision.global_policy().name.startswith("mixed") else {}
 
 
 def distribution_centres(bins: int) -> np.ndarray:

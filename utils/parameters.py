@@ -36,6 +36,7 @@ IMAGE_CACHES = ("memory", "mmap")
 BLOCKS = ("plain", "residual")
 # regression: one linear unit; distribution: a softmax over age bins, the prediction its expected value
 HEADS = ("regression", "distribution")
+DISTRIBUTION_RANGE = 4.0  # the distribution head's bins span +-this many SD of the training ages
 LOSSES = ("huber", "l1")
 TTA_MODES = ("none", "shift", "flip", "shift_flip")
 ONNX_PRECISIONS = ("float32", "int8")
@@ -194,8 +195,8 @@ class Parameters:
     dense_units: int = _parameter(_integer(1), "units of the head's hidden layer")
     head: str = _parameter(_choice(*HEADS), "regression (one linear output) or distribution (softmax over age bins, "
                            "its expected value)")
-    age_bins: int = _parameter(_integer(2, 1000), "bins of the distribution head, evenly spread over +-4 SD of the "
-                               "training ages")
+    age_bins: int = _parameter(_integer(2, 1000), "bins of the distribution head, evenly spread over "
+                               f"+-{DISTRIBUTION_RANGE:g} SD of the training ages")
     batchnorm_momentum: float = _parameter(_number(above=0.0, below=1.0), "BatchNorm moving-average momentum")
     init_weights: str | None = _parameter(_optional(_text), "'imagenet' (Keras' weights of a keras.applications "
                                           "backbone), a keras.applications .h5 weights file, or a .keras / "

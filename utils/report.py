@@ -32,7 +32,7 @@ from reportlab.platypus import (CondPageBreak, Flowable, KeepTogether, ListFlowa
 
 from utils import config, figures
 from utils.files import atomic_path
-from utils.parameters import normalise_tta
+from utils.parameters import DISTRIBUTION_RANGE, normalise_tta
 
 DEFAULT_TITLE = "Bone age from hand radiographs"
 DASH = "—"
@@ -703,7 +703,8 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
                    "is never hidden from the network. The output is the standardised age (z-score of the training "
                    "ages), turned into months inside the model"
                    + (f": the expected value of a softmax over {parameters.get('age_bins')} age bins spread over "
-                      "4 standard deviations either side of the mean age." if parameters.get("head") == "distribution"
+                      f"{DISTRIBUTION_RANGE:g} standard deviations either side of the mean age."
+                      if parameters.get("head") == "distribution"
                       else "."))
     else:
         network = (f"The '{architecture or 'unknown'}' network"
@@ -802,13 +803,12 @@ STOP_REASONS = {"epochs": "it ran to the epoch limit", "early_stopping": "early 
 
 def _training_paragraph(run: _Run, plan: _FigurePlan) -> str:
     training = run.training or {}
-    parts = []
+    parts, refit = [], run.parameters.get("refit_on_validation")
     for name, label in (("ours", "Our network"), ("seed_baseline", "The seed baseline")):
         summary = training.get(name)
         if not summary:
             continue
         minutes = summary.get("training_seconds")
-        refit = run.parameters.get("refit_on_validation")
         parts.append(f"{label} kept epoch {summary.get('best_epoch')} ("
                      + ("the last; refitted on training and validation images, so its validation MAE of "
                         f"{_months(summary.get('best_val_mae'), 2)} is in-sample" if refit else
