@@ -195,6 +195,8 @@ for index in range(2, parameters.ensemble_members + 1):
           f"{member_summary['best_val_mae']:.2f} months · {member_summary['training_seconds'] / 60:.1f} min")
     members.append(member)
     member_summaries.append(member_summary)
+# RepVGG blocks ship folded into one 3x3 conv each (the same predictions, a plain network).
+members = [model.for_inference(member, parameters, target_mean=target_mean, target_std=target_std) for member in members]
 bone_age_model = ensemble.average(members)
 if parameters.mixed_precision != "none":
     # Shipped in float32: the same weights, for any CPU and the ONNX export.

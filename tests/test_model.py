@@ -158,6 +158,60 @@ def test_residual_blocks_start_as_the_identity_and_end_at_the_last_conv():
     assert tiny_model(block="residual").count_params() > tiny_model().count_params()
 
 
+def _trained_looking(model):
+    """Random BatchNorm scales, shifts and moving statistics, so that folding them is not trivial."""
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.3, channels),
+                               rng.normal(0, 0.3, channels), rng.uniform(0.2, 2.0, channels)])
+    output = model.get_layer("standardised_age")  # small: the ages stay inside the clipped 0..240 months
+    output.set_weights([rng.normal(0, 0.02, output.kernel.shape), np.zeros(1)])
+    return model
+
+
+def test_repvgg_blocks_have_three_branches_where_the_width_stays():
+    names = {layer.name for layer in tiny_model(block="repvgg").layers}
+    assert {"stage1_repvgg1_3x3_conv", "stage1_repvgg1_1x1_conv", "stage1_repvgg1_identity_bn"} <= names
+    # 4 -> 8 filters: no identity branch in the first block of stage 2, one in the last block.
+    assert "stage2_repvgg1_identity_bn" not in names and f"{LAST_CONV_LAYER}_identity_bn" in names
+
+
+def test_repvgg_branches_fold_into_one_conv_with_the_same_predictions():
+    from utils.model import fuse_repvgg
+
+    trained = _trained_looking(tiny_model(block="repvgg"))
+    fused = fuse_repvgg(trained, tiny_model(block="repvgg", fused=True))
+    assert not [layer.name for layer in fused.layers if "_1x1_" in layer.name or "_identity_" in layer.name]
+    assert fused.count_params() < trained.count_params()
+    images, male = random_inputs()
+    expected = predict_months(trained, images, male)
+    assert np.ptp(expected) > 1.0  # the images give different ages: the comparison means something
+    np.testing.assert_allclose(predict_months(fused, images, male), expected, atol=1e-3)
+
+
+def test_for_inference_folds_repvgg_runs_only():
+    from utils.model import build_for_run, for_inference
+
+    parameters = load_parameters("ci", {"block": "repvgg", "widths": [4, 8], "dense_units": 8, "image_size": SIZE})
+    keras.utils.set_random_seed(0)
+    trained = _trained_looking(build_for_run(parameters, target_mean=100.0, target_std=40.0))
+    shipped = for_inference(trained, parameters, target_mean=100.0, target_std=40.0)
+    assert "stage1_repvgg1_conv" in {layer.name for layer in shipped.layers}
+    images, male = random_inputs()
+    np.testing.assert_allclose(predict_months(shipped, images, male), predict_months(trained, images, male), atol=1e-3)
+    plain = tiny_model()
+    assert for_inference(plain, load_parameters("ci"), target_mean=100.0, target_std=40.0) is plain
+
+
+def test_fuse_repvgg_refuses_a_network_of_other_parameters():
+    from utils.model import fuse_repvgg
+
+    with pytest.raises(ValueError, match="'stage1_repvgg1_conv' of the inference network is not in the trained one"):
+        fuse_repvgg(tiny_model(), tiny_model(block="repvgg", fused=True))
+
+
 def test_our_network_needs_every_option_from_the_parameters():
     options = dict(TINY)
     del options["dropout"]

@@ -2,7 +2,7 @@
 
 Two named architectures share the same inputs and output:
 
-- "ours": a compact CNN (stages of Conv-BatchNorm-ReLU or residual blocks, global average
+- "ours": a compact CNN (stages of Conv-BatchNorm-ReLU, residual or RepVGG blocks, global average
   pooling) with sex concatenated after pooling, trained with AdamW + warmup/cosine decay on a
   Huber or L1 loss; every choice of it is a run parameter (presets.yaml).
 - "seed_baseline": the seed study's model as it stood: Conv2D + BatchNorm + MaxPool + Dropout
@@ -55,6 +55,7 @@ def build_model(
     target_std: float,
     augment: bool = True,
     backbone_weights=None,
+    fused: bool = False,
     **options,
 ) -> keras.Model:
     """A Functional model: {"image": (S, S, 1) raw 0..255, "male": (1,) 0/1} -> months (None, 1).
@@ -67,6 +68,8 @@ def build_model(
     or a keras.applications .h5 weights file (`backbones.resolve_init_weights` decides which).
     Augmentation layers are active only when the model is called with training=True.
     Under a mixed-precision policy (`set_precision`) the output layer stays float32.
+    `fused` builds the inference form of RepVGG blocks (one 3x3 conv with a bias each), into
+    which `fuse_repvgg` folds a trained network's branches.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
@@ -91,7 +94,7 @@ def build_model(
     male = keras.Input((1,), name="male")
     if architecture == "ours":
         augmentation = _ours_augmentation(settings) if augment else []
-        standardised = _ours_network(_apply(augmentation, image), male, settings)
+        standardised = _ours_network(_apply(augmentation, image), male, settings, fused=fused)
     elif architecture in BACKBONES:
         augmentation = _ours_augmentation(settings) if augment else []
         standardised = _backbone_network(_apply(augmentation, image), male, architecture, settings, backbone_weights)
@@ -106,9 +109,9 @@ def build_model(
 
 
 def build_for_run(parameters, *, target_mean: float, target_std: float, architecture: str | None = None,
-                  backbone_weights=None) -> keras.Model:
+                  backbone_weights=None, fused: bool = False) -> keras.Model:
     """The network a run's `Parameters` describe (its own architecture unless `architecture` is given);
-    `backbone_weights` as `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
+    `backbone_weights` and `fused` as `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
     architecture = architecture or parameters.architecture
     options = {"ours": parameters.network_options, "seed_baseline": dict}.get(architecture, parameters.backbone_options)()
     return build_model(
@@ -118,8 +121,17 @@ def build_for_run(parameters, *, target_mean: float, target_std: float, architec
         target_std=target_std,
         augment=parameters.augment,
         backbone_weights=backbone_weights,
+        fused=fused,
         **options,
     )
+
+
+def for_inference(trained: keras.Model, parameters, *, target_mean: float, target_std: float) -> keras.Model:
+    """The network a run ships: `trained` itself, or, with RepVGG blocks, the plain network of
+    3x3 convs that its branches fold into (the same predictions, one conv per block)."""
+    if parameters.architecture != "ours" or parameters.block != "repvgg":
+        return trained
+    return fuse_repvgg(trained, build_for_run(parameters, target_mean=target_mean, target_std=target_std, fused=True))
 
 
 def _apply(layer_list, tensor):
@@ -154,7 +166,7 @@ def _seed_augmentation() -> list:
     ]
 
 
-def _ours_network(image, male, settings: dict):
+def _ours_network(image, male, settings: dict, *, fused: bool = False):
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(image)
     widths, momentum = settings["widths"], settings["batchnorm_momentum"]
     x = _conv_bn_relu(x, widths[0], "stem", stride=settings["stem_stride"], momentum=momentum)
@@ -164,6 +176,8 @@ def _ours_network(image, male, settings: dict):
             name = LAST_CONV_LAYER if last else f"stage{stage}_{settings['block']}{index}"
             if settings["block"] == "residual":
                 x = _residual_block(x, width, name, momentum=momentum)
+            elif settings["block"] == "repvgg":
+                x = _repvgg_block(x, width, name, momentum=momentum, fused=fused)
             else:
                 x = _conv_bn_relu(x, width, name, stride=1, momentum=momentum)
         if stage < len(widths):
@@ -256,6 +270,60 @@ def _residual_block(x, filters: int, name: str, *, momentum: float):
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
     y = layers.BatchNormalization(momentum=momentum, gamma_initializer="zeros", name=f"{name}_b_bn")(y)
     return layers.Activation("relu", name=name)(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+def _repvgg_block(x, filters: int, name: str, *, momentum: float, fused: bool):
+    """RepVGG (Ding et al. 2021): while training, a 3x3 conv-BN, a 1x1 conv-BN and, where the width
+    does not change, a BatchNorm of the input itself, summed before the ReLU; the extra branches
+    let a deep plain stack train like a residual one. All three are linear up to the ReLU, so for
+    inference they fold into one 3x3 conv with a bias (`fused`, `fuse_repvgg`): the shipped
+    network is a plain stack of 3x3 convs, the layer this CPU runs fastest."""
+    if fused:
+        return layers.Activation("relu", name=name)(layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x))
+    branches = []
+    for size in (3, 1):
+        branch = layers.Conv2D(filters, size, padding="same", use_bias=False, name=f"{name}_{size}x{size}_conv")(x)
+        branches.append(layers.BatchNormalization(momentum=momentum, name=f"{name}_{size}x{size}_bn")(branch))
+    if x.shape[-1] == filters:
+        branches.append(layers.BatchNormalization(momentum=momentum, name=f"{name}_identity_bn")(x))
+    return layers.Activation("relu", name=name)(layers.Add(name=f"{name}_add")(branches))
+
+
+def fuse_repvgg(trained: keras.Model, inference: keras.Model) -> keras.Model:
+    """`inference` (built with `fused=True`) holding `trained`'s weights: each RepVGG block's
+    branches folded into its one 3x3 conv, every other layer's weights copied by name."""
+    source = {layer.name: layer for layer in trained.layers}
+    for layer in inference.layers:
+        if not layer.weights:
+            continue
+        block = layer.name.removesuffix("_conv")
+        if f"{block}_3x3_conv" in source:
+            layer.set_weights(_folded_branches(source, block))
+        elif layer.name in source:
+            layer.set_weights(source[layer.name].get_weights())
+        else:
+            raise ValueError(f"layer {layer.name!r} of the inference network is not in the trained one "
+                             "(was the inference network built from the same parameters?)")
+    return inference
+
+
+def _folded_branches(source: dict, block: str) -> list[np.ndarray]:
+    """[kernel (3, 3, in, out), bias (out,)] of one conv equal to the sum of a block's branches,
+    each BatchNorm in inference mode: gamma * (y - mean) / sqrt(variance + epsilon) + beta."""
+    def fold(kernel, batchnorm):
+        gamma, beta, mean, variance = batchnorm.get_weights()
+        scale = gamma / np.sqrt(variance + batchnorm.epsilon)
+        return kernel * scale, beta - mean * scale
+
+    kernel_3x3 = source[f"{block}_3x3_conv"].get_weights()[0]
+    kernel_1x1 = np.zeros_like(kernel_3x3)
+    kernel_1x1[1:2, 1:2] = source[f"{block}_1x1_conv"].get_weights()[0]  # the 1x1 at the 3x3's centre
+    branches = [fold(kernel_3x3, source[f"{block}_3x3_bn"]), fold(kernel_1x1, source[f"{block}_1x1_bn"])]
+    if f"{block}_identity_bn" in source:
+        identity = np.zeros_like(kernel_3x3)
+        identity[1, 1] = np.eye(kernel_3x3.shape[2], dtype=identity.dtype)  # each channel to itself
+        branches.append(fold(identity, source[f"{block}_identity_bn"]))
+    return [sum(kernel for kernel, _ in branches), sum(bias for _, bias in branches)]
 
 
 def _seed_network(image, settings: dict):

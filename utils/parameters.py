@@ -33,7 +33,7 @@ IMAGENET = "imagenet"  # init_weights: Keras' ImageNet weights of a keras.applic
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "mirrored")
 IMAGE_CACHES = ("memory", "mmap")
-BLOCKS = ("plain", "residual")
+BLOCKS = ("plain", "residual", "repvgg")
 # regression: one linear unit; distribution: a softmax over age bins, the prediction its expected value
 HEADS = ("regression", "distribution")
 DISTRIBUTION_RANGE = 4.0  # the distribution head's bins span +-this many SD of the training ages
@@ -188,8 +188,9 @@ class Parameters:
     architecture: str = _parameter(_choice(*ARCHITECTURES), "our network, the seed study's, or a keras.applications "
                                    "backbone with our head")
     widths: tuple = _parameter(_widths, "filters per stage of 'ours'")
-    convs_per_stage: int = _parameter(_integer(1, 8), "3x3 convolutions (or residual blocks) per stage")
-    block: str = _parameter(_choice(*BLOCKS), "plain conv-BN-ReLU stacks or residual blocks")
+    convs_per_stage: int = _parameter(_integer(1, 8), "3x3 convolutions (or residual or RepVGG blocks) per stage")
+    block: str = _parameter(_choice(*BLOCKS), "plain conv-BN-ReLU stacks, residual blocks, or RepVGG blocks "
+                         "(3x3, 1x1 and identity branches in training, one 3x3 conv for inference)")
     stem_stride: int = _parameter(_integer(1, 4), "stride of the first convolution")
     dropout: float = _parameter(_number(0.0, below=1.0), "dropout before the head")
     dense_units: int = _parameter(_integer(1), "units of the head's hidden layer")
