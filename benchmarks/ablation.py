@@ -54,6 +54,8 @@ VARIANTS = {
     "hand_crop": ("crop to the hand's bounding box before resizing", {"hand_crop": "box"}),
     "native_100": ("the native 100 px thumbnails instead of 96 px", {"image_size": 100}),
     "residual": ("residual blocks (2 per stage)", {"block": "residual"}),
+    "progressive": ("progressive resizing: the first 5 epochs at 64 px, then 96",
+                    {"progressive_image_size": 64, "progressive_epochs": 5}),
     "repvgg": ("RepVGG blocks (3x3, 1x1 and identity branches; one 3x3 conv each for inference)", {"block": "repvgg"}),
     "wider": ("1.5x wider stages", {"widths": [48, 96, 192, 384]}),
     "stage5": ("a 5th stage (512 filters)", {"widths": [32, 64, 128, 256, 512]}),

@@ -25,7 +25,8 @@
 # budget, so that stage 04 can compare the two. The network is ours or a keras.applications
 # backbone with our head (`architecture`), from random, ImageNet or a local file's weights
 # (`init_weights`), optionally with the backbone frozen for the first epochs, in mixed precision
-# and over several devices (`mixed_precision`, `distribution`). With `refit_on_validation`, the
+# and over several devices (`mixed_precision`, `distribution`), and with progressive resizing
+# (the first epochs on smaller images: `progressive_image_size`, `progressive_epochs`). With `refit_on_validation`, the
 # final network trains on train + validation for exactly `epochs` epochs and keeps the last.
 
 # %% tags=["parameters"]
@@ -166,6 +167,7 @@ def fit(architecture, built_model, checkpoint_name, history_path, batch_size, le
         freeze_backbone_epochs=parameters.freeze_backbone_epochs if architecture != "seed_baseline" else 0,
         finetune_learning_rate_factor=parameters.finetune_learning_rate_factor,
         keep="last" if parameters.refit_on_validation else "best",
+        progressive=parameters.progressive_schedule if architecture != "seed_baseline" else None,
     )
 
 
@@ -195,7 +197,8 @@ for index in range(2, parameters.ensemble_members + 1):
           f"{member_summary['best_val_mae']:.2f} months · {member_summary['training_seconds'] / 60:.1f} min")
     members.append(member)
     member_summaries.append(member_summary)
-# RepVGG blocks ship folded into one 3x3 conv each (the same predictions, a plain network).
+# The network shipped takes image_size (after progressive resizing, training took any side), with
+# RepVGG blocks folded into one 3x3 conv each (the same predictions, a plain network).
 members = [model.for_inference(member, parameters, target_mean=target_mean, target_std=target_std) for member in members]
 bone_age_model = ensemble.average(members)
 if parameters.mixed_precision != "none":

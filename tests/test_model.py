@@ -179,10 +179,10 @@ def test_repvgg_blocks_have_three_branches_where_the_width_stays():
 
 
 def test_repvgg_branches_fold_into_one_conv_with_the_same_predictions():
-    from utils.model import fuse_repvgg
+    from utils.model import fold_into
 
     trained = _trained_looking(tiny_model(block="repvgg"))
-    fused = fuse_repvgg(trained, tiny_model(block="repvgg", fused=True))
+    fused = fold_into(trained, tiny_model(block="repvgg", fused=True))
     assert not [layer.name for layer in fused.layers if "_1x1_" in layer.name or "_identity_" in layer.name]
     assert fused.count_params() < trained.count_params()
     images, male = random_inputs()
@@ -205,11 +205,29 @@ def test_for_inference_folds_repvgg_runs_only():
     assert for_inference(plain, load_parameters("ci"), target_mean=100.0, target_std=40.0) is plain
 
 
-def test_fuse_repvgg_refuses_a_network_of_other_parameters():
-    from utils.model import fuse_repvgg
+def test_progressive_resizing_trains_on_any_side_and_ships_at_image_size():
+    from utils.model import build_for_run, for_inference
+
+    parameters = load_parameters("ci", {"widths": [4, 8], "dense_units": 8, "image_size": SIZE,
+                                        "progressive_image_size": 16, "progressive_epochs": 2})
+    keras.utils.set_random_seed(0)
+    trained = _trained_looking(build_for_run(parameters, target_mean=100.0, target_std=40.0))
+    assert tuple(trained.input["image"].shape) == (None, None, None, 1)
+    small_images, small_male = random_inputs()
+    assert predict_months(trained, small_images[:, ::2, ::2], small_male).shape == (6,)
+    shipped = for_inference(trained, parameters, target_mean=100.0, target_std=40.0)
+    assert tuple(shipped.input["image"].shape) == (None, SIZE, SIZE, 1)
+    images, male = random_inputs()
+    np.testing.assert_allclose(predict_months(shipped, images, male), predict_months(trained, images, male), atol=1e-4)
+    with pytest.raises(ValueError, match="any_size .* is for our network, not 'seed_baseline'"):
+        build_model(SIZE, architecture="seed_baseline", target_mean=0.0, target_std=1.0, any_size=True)
+
+
+def test_fold_into_refuses_a_network_of_other_parameters():
+    from utils.model import fold_into
 
     with pytest.raises(ValueError, match="'stage1_repvgg1_conv' of the inference network is not in the trained one"):
-        fuse_repvgg(tiny_model(), tiny_model(block="repvgg", fused=True))
+        fold_into(tiny_model(), tiny_model(block="repvgg", fused=True))
 
 
 def test_our_network_needs_every_option_from_the_parameters():

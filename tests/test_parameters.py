@@ -111,3 +111,15 @@ def test_a_presets_file_without_a_default_is_refused(tmp_path):
 def test_the_data_seed_is_the_seed_unless_given():
     assert load_parameters("ci", {"seed": 7}).resolved_data_seed == 7
     assert load_parameters("ci", {"seed": 7, "data_seed": 42}).resolved_data_seed == 42
+
+
+def test_progressive_resizing_is_checked_against_the_run():
+    assert load_parameters("ci", {"progressive_image_size": 32, "progressive_epochs": 3}).progressive_schedule == (32, 3)
+    assert load_parameters("ci").progressive_schedule is None
+    with pytest.raises(ValueError) as refused:
+        load_parameters("ci", {"progressive_image_size": 48, "progressive_epochs": 8, "architecture": "seed_baseline"})
+    assert str(refused.value).splitlines()[1:] == [
+        "  progressive_image_size: progressive resizing is for our network; architecture is 'seed_baseline'",
+        "  progressive_image_size: expected a side below image_size (48), got 48",
+        "  progressive_epochs: expected 1 to epochs - 1 (7) epochs at progressive_image_size, got 8",
+    ]

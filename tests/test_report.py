@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from utils import plots, report
+from utils.parameters import load_parameters
 
 BANDS = ["0-2 y", "2-5 y", "5-10 y", "10-15 y", "15-19 y"]
 
@@ -287,3 +288,16 @@ def test_training_paragraph_says_when_the_validation_mae_is_in_sample(tmp_path, 
     run = report._Run(metrics={"run": {"parameters": {"refit_on_validation": refit}}}, training={"ours": summary})
     text = report._training_paragraph(run, report._FigurePlan(tmp_path, styles=None))
     assert text.startswith(expected)
+
+
+def test_method_names_repvgg_blocks_and_progressive_resizing():
+    parameters = {**load_parameters("rsna100", {"block": "repvgg", "progressive_image_size": 64,
+                                                "progressive_epochs": 5}).to_dict()}
+    run = report._Run(metrics={"run": {"parameters": parameters}, "model": {"architecture": "ours"}}, training={})
+    items = dict(report._method_items(run))
+    assert "RepVGG blocks (while training, a 3 x 3 and a 1 x 1 convolution" in items["Network."]
+    assert "the first 5 epochs train on the images shrunk to 64 x 64 pixels" in items["Training."]
+    plain = report._Run(metrics={"run": {"parameters": load_parameters("rsna100").to_dict()},
+                                 "model": {"architecture": "ours"}}, training={})
+    items = dict(report._method_items(plain))
+    assert "3 x 3 convolutions with batch normalisation" in items["Network."] and "Progressive" not in items["Training."]

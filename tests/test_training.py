@@ -11,6 +11,7 @@ import pytest
 
 from utils.model import build_model, load_initial_weights, predict_months
 from utils.parameters import load_parameters
+from utils import training
 from utils.training import make_dataset, train_model
 
 
@@ -172,6 +173,44 @@ def test_keep_last_ends_with_the_final_epoch_and_never_stops_early(tmp_path):
     np.testing.assert_allclose(predict_months(model, images, male), predict_months(last, images, male), rtol=1e-5)
 
 
+def test_shrunk_images_are_area_averages():
+    inputs, _ = next(iter(training._shrunk(make_dataset(*TRAIN, batch_size=8, shuffle=False), SIZE // 2)))
+    assert inputs["image"].shape == (8, SIZE // 2, SIZE // 2, 1) and inputs["male"].shape == (8, 1)
+    expected = TRAIN[0][:8].astype(np.float32).reshape(8, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(inputs["image"].numpy()[..., 0], expected, rtol=1e-5)
+    assert training._shrunk(make_dataset(*TRAIN, batch_size=8, shuffle=False), None).element_spec[0]["image"].shape[1] == SIZE
+
+
+def any_size_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return build_model(SIZE, target_mean=114.0, target_std=65.0, any_size=True, **TINY)
+
+
+@pytest.mark.slow
+def test_progressive_resizing_trains_the_first_epochs_small_and_resumes_in_either_phase(tmp_path, monkeypatch):
+    sides = []
+
+    def recorded(dataset, side):
+        sides.append(side)
+        return shrunk(dataset, side)
+
+    shrunk = training._shrunk
+    monkeypatch.setattr(training, "_shrunk", recorded)
+    with pytest.raises(KeyboardInterrupt):  # killed in the small phase
+        fit(any_size_model(), tmp_path, epochs=4, progressive=(16, 2), callbacks=(InterruptInEpoch(2),))
+    assert sides == [16]
+    first = FirstEpoch()
+    with pytest.raises(KeyboardInterrupt):  # resumed: epoch 2 small, then killed in the full-size phase
+        fit(any_size_model(), tmp_path, epochs=4, progressive=(16, 2), callbacks=(first, InterruptInEpoch(4)))
+    assert first.first == 2 and sides == [16, 16, None]
+    history = fit(any_size_model(), tmp_path, epochs=4, progressive=(16, 2))
+    assert sides == [16, 16, None, None] and history["epoch"] == [1, 2, 3, 4] and history["stop_reason"] == "epochs"
+    # One schedule across the phases: 4 epochs x 4 steps.
+    assert int(keras.models.load_model(tmp_path / "checkpoints" / "last.keras").optimizer.iterations) == 16
+    with pytest.raises(ValueError, match="progressive differ"):  # a checkpoint of another schedule is not resumed
+        fit(any_size_model(), tmp_path, epochs=5, progressive=(8, 2))
+
+
 def test_keep_must_be_best_or_last(tmp_path):
     with pytest.raises(ValueError, match="keep: expected best or last, got 'first'"):
         fit(tiny_model(), tmp_path, keep="first")
@@ -301,3 +340,31 @@ def test_best_checkpoint_and_state_agree_after_a_kill_at_any_point(tmp_path, mon
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert state["best_keras_epoch"] == 2 and state["checkpoint_epoch"] == 2
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best.keras", "last.keras", "state.json"]
+
+
+@pytest.mark.slow
+def test_a_repvgg_network_trained_progressively_in_bfloat16_ships_as_a_fixed_size_float32_graph(tmp_path):
+    """Stage 03's path for both options: train (any side, mixed_bfloat16), fold and fix the side
+    (`for_inference`), float32 (`to_float32`), then the prediction command's ONNX graph."""
+    from utils.model import build_for_run, for_inference, set_precision, to_float32
+    from utils.onnx_runtime import export_prediction_graph
+
+    parameters = CI.replace(widths=[4, 8], dense_units=8, image_size=SIZE, block="repvgg", epochs=3,
+                            progressive_image_size=16, progressive_epochs=1, mixed_precision="mixed_bfloat16")
+    try:
+        set_precision(parameters.mixed_precision)
+        keras.utils.set_random_seed(0)
+        trained = build_for_run(parameters, target_mean=114.0, target_std=65.0)
+        history = fit(trained, tmp_path, epochs=parameters.epochs, progressive=parameters.progressive_schedule)
+        shipped = to_float32(for_inference(trained, parameters, target_mean=114.0, target_std=65.0))
+    finally:
+        set_precision("none")
+    assert history["epoch"] == [1, 2, 3]
+    assert tuple(shipped.input["image"].shape) == (None, SIZE, SIZE, 1)
+    assert not [layer.name for layer in shipped.layers if "_1x1_" in layer.name]
+    images, male, _ = VALIDATION
+    expected = predict_months(shipped, images, male)
+    # bfloat16 computes with 8 bits of mantissa: the trained network agrees to within a month.
+    np.testing.assert_allclose(expected, predict_months(trained, images, male), atol=1.0)
+    graph = export_prediction_graph(shipped, tmp_path / "shipped.onnx", precision="float32", calibration=None)
+    np.testing.assert_allclose(graph.predict(images, male), expected, atol=1e-3)

@@ -56,6 +56,7 @@ def build_model(
     augment: bool = True,
     backbone_weights=None,
     fused: bool = False,
+    any_size: bool = False,
     **options,
 ) -> keras.Model:
     """A Functional model: {"image": (S, S, 1) raw 0..255, "male": (1,) 0/1} -> months (None, 1).
@@ -69,7 +70,8 @@ def build_model(
     Augmentation layers are active only when the model is called with training=True.
     Under a mixed-precision policy (`set_precision`) the output layer stays float32.
     `fused` builds the inference form of RepVGG blocks (one 3x3 conv with a bias each), into
-    which `fuse_repvgg` folds a trained network's branches.
+    which `fold_into` folds a trained network's branches. `any_size` (our network only) takes
+    images of any side, for progressive resizing; the network shipped takes `image_size`.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
@@ -90,7 +92,10 @@ def build_model(
     else:
         settings = {**SEED_BASELINE_DEFAULTS, **options}
 
-    image = keras.Input((image_size, image_size, 1), name="image")
+    if any_size and architecture != "ours":
+        raise ValueError(f"any_size (progressive resizing) is for our network, not {architecture!r}")
+    side = None if any_size else image_size
+    image = keras.Input((side, side, 1), name="image")
     male = keras.Input((1,), name="male")
     if architecture == "ours":
         augmentation = _ours_augmentation(settings) if augment else []
@@ -109,10 +114,12 @@ def build_model(
 
 
 def build_for_run(parameters, *, target_mean: float, target_std: float, architecture: str | None = None,
-                  backbone_weights=None, fused: bool = False) -> keras.Model:
-    """The network a run's `Parameters` describe (its own architecture unless `architecture` is given);
-    `backbone_weights` and `fused` as `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
+                  backbone_weights=None, shipped: bool = False) -> keras.Model:
+    """The network a run's `Parameters` describe (its own architecture unless `architecture` is given),
+    as it trains or, with `shipped`, as it is shipped (`for_inference`); `backbone_weights` as
+    `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
     architecture = architecture or parameters.architecture
+    ours = architecture == "ours"
     options = {"ours": parameters.network_options, "seed_baseline": dict}.get(architecture, parameters.backbone_options)()
     return build_model(
         parameters.image_size,
@@ -121,17 +128,19 @@ def build_for_run(parameters, *, target_mean: float, target_std: float, architec
         target_std=target_std,
         augment=parameters.augment,
         backbone_weights=backbone_weights,
-        fused=fused,
+        fused=shipped and ours and parameters.block == "repvgg",
+        any_size=not shipped and ours and parameters.progressive_image_size is not None,
         **options,
     )
 
 
 def for_inference(trained: keras.Model, parameters, *, target_mean: float, target_std: float) -> keras.Model:
-    """The network a run ships: `trained` itself, or, with RepVGG blocks, the plain network of
-    3x3 convs that its branches fold into (the same predictions, one conv per block)."""
-    if parameters.architecture != "ours" or parameters.block != "repvgg":
+    """The network a run ships: `trained` itself; or its weights in the network of `image_size`
+    where it trained on any side (progressive resizing), with RepVGG branches folded into one 3x3
+    conv each (the same predictions, a plain stack of convs)."""
+    if parameters.architecture != "ours" or (parameters.block != "repvgg" and parameters.progressive_image_size is None):
         return trained
-    return fuse_repvgg(trained, build_for_run(parameters, target_mean=target_mean, target_std=target_std, fused=True))
+    return fold_into(trained, build_for_run(parameters, target_mean=target_mean, target_std=target_std, shipped=True))
 
 
 def _apply(layer_list, tensor):
@@ -276,7 +285,7 @@ def _repvgg_block(x, filters: int, name: str, *, momentum: float, fused: bool):
     """RepVGG (Ding et al. 2021): while training, a 3x3 conv-BN, a 1x1 conv-BN and, where the width
     does not change, a BatchNorm of the input itself, summed before the ReLU; the extra branches
     let a deep plain stack train like a residual one. All three are linear up to the ReLU, so for
-    inference they fold into one 3x3 conv with a bias (`fused`, `fuse_repvgg`): the shipped
+    inference they fold into one 3x3 conv with a bias (`fused`, `fold_into`): the shipped
     network is a plain stack of 3x3 convs, the layer this CPU runs fastest."""
     if fused:
         return layers.Activation("relu", name=name)(layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x))
@@ -289,9 +298,9 @@ def _repvgg_block(x, filters: int, name: str, *, momentum: float, fused: bool):
     return layers.Activation("relu", name=name)(layers.Add(name=f"{name}_add")(branches))
 
 
-def fuse_repvgg(trained: keras.Model, inference: keras.Model) -> keras.Model:
-    """`inference` (built with `fused=True`) holding `trained`'s weights: each RepVGG block's
-    branches folded into its one 3x3 conv, every other layer's weights copied by name."""
+def fold_into(trained: keras.Model, inference: keras.Model) -> keras.Model:
+    """`inference` (`build_for_run(..., shipped=True)`) holding `trained`'s weights: each RepVGG
+    block's branches folded into its one 3x3 conv, every other layer's weights copied by name."""
     source = {layer.name: layer for layer in trained.layers}
     for layer in inference.layers:
         if not layer.weights:

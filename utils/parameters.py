@@ -207,6 +207,11 @@ class Parameters:
                                                       "learning rate after the frozen epochs, as a fraction of the schedule's")
     # training
     epochs: int = _parameter(_integer(1), "maximum epochs")
+    progressive_image_size: int | None = _parameter(
+        _optional(_integer(16, 1024)), "null: every epoch at image_size; N: progressive resizing, the first "
+                                       "progressive_epochs epochs train on the images shrunk to N px (validation "
+                                       "stays at image_size)")
+    progressive_epochs: int = _parameter(_integer(0), "epochs at progressive_image_size before image_size")
     batch_size: int = _parameter(_integer(1, 4096), "images per step, over all devices together")
     learning_rate: float = _parameter(_number(above=0.0, maximum=1.0), "peak learning rate")
     learning_rate_reference_batch: int | None = _parameter(
@@ -253,6 +258,13 @@ class Parameters:
     def resolved_data_seed(self) -> int:
         """The seed of the synthetic data and the split: `data_seed`, or `seed` when it is null."""
         return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def progressive_schedule(self) -> tuple[int, int] | None:
+        """(side, epochs) of progressive resizing's first phase, or None (`training.train_model`'s `progressive`)."""
+        if self.progressive_image_size is None:
+            return None
+        return self.progressive_image_size, self.progressive_epochs
 
     @property
     def time_budget_seconds(self) -> float | None:
@@ -353,4 +365,14 @@ def _combination_problems(values: dict) -> list[str]:
     if values["init_weights"] == IMAGENET and architecture not in BACKBONES:
         problems.append(f"init_weights: 'imagenet' needs a keras.applications backbone ({', '.join(BACKBONES)}); "
                         f"architecture is {architecture!r}")
+    if values["progressive_image_size"] is not None:
+        if architecture != "ours":
+            problems.append(f"progressive_image_size: progressive resizing is for our network; architecture is "
+                            f"{architecture!r}")
+        if values["progressive_image_size"] >= size:
+            problems.append(f"progressive_image_size: expected a side below image_size ({size}), got "
+                            f"{values['progressive_image_size']}")
+        if not 1 <= values["progressive_epochs"] < values["epochs"]:
+            problems.append(f"progressive_epochs: expected 1 to epochs - 1 ({values['epochs'] - 1}) epochs at "
+                            f"progressive_image_size, got {values['progressive_epochs']}")
     return problems

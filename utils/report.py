@@ -695,8 +695,11 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
         network = (f"A compact convolutional network of {_count(count)} parameters: a first convolution with stride "
                    f"{parameters.get('stem_stride', 2)}, then {len(widths)} stages of "
                    f"{parameters.get('convs_per_stage', 2)} "
-                   + ("residual blocks (each adds its input to its output, which eases training)" if block == "residual"
-                      else "3 x 3 convolutions with batch normalisation and ReLU")
+                   + {"residual": "residual blocks (each adds its input to its output, which eases training)",
+                      "repvgg": "RepVGG blocks (while training, a 3 x 3 and a 1 x 1 convolution and, where the width "
+                                "stays, the input itself, each batch-normalised and summed; the shipped network folds "
+                                "them into one 3 x 3 convolution, with the same predictions)"}.get(
+                       block, "3 x 3 convolutions with batch normalisation and ReLU")
                    + f" with {', '.join(str(width) for width in widths)} filters, a 2 x 2 max-pooling between stages, "
                    f"global average pooling, dropout {parameters.get('dropout')} and a dense layer of "
                    f"{parameters.get('dense_units')} units. The sex (0 girl, 1 boy) joins after the dropout, so that it "
@@ -732,6 +735,11 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
                 "the weights of the best validation epoch are kept.")
     if parameters.get("ema"):
         training += " An exponential moving average of the weights is evaluated and kept."
+    if parameters.get("progressive_image_size"):
+        training += (f" Progressive resizing: the first {parameters.get('progressive_epochs')} epochs train on the "
+                     f"images shrunk to {parameters.get('progressive_image_size')} x "
+                     f"{parameters.get('progressive_image_size')} pixels (faster epochs, coarse features first), the "
+                     "rest at full size; validation is always at full size.")
     items.append(("Training.", training))
     if parameters.get("augment"):
         parts = [f"rotation up to {parameters.get('augment_rotation_degrees')} degrees",

@@ -118,6 +118,7 @@ def train_model(
     freeze_backbone_epochs: int = 0,
     finetune_learning_rate_factor: float = 1.0,
     keep: str = "best",
+    progressive: tuple[int, int] | None = None,
 ) -> dict:
     """Compile and fit `model` on (images uint8 (N,S,S), male (N,), boneage (N,)) tuples; returns the history.
 
@@ -138,6 +139,10 @@ def train_model(
     `keep`: "best" ends with the epoch of lowest validation MAE (early stopping watches it); "last"
     with the final epoch and no early stopping, for a network refitted on train + validation, whose
     validation MAE is in-sample and must not choose (`best_epoch` is then the last epoch).
+    `progressive` (side, epochs): progressive resizing, the first `epochs` epochs on the training
+    images shrunk to `side` px (the model must take any side: `model.build_model(any_size=True)`),
+    then the rest at full size; validation is always at full size, so every epoch's validation MAE
+    is what the network scores as shipped. The schedule runs on across the switch.
     """
     if keep not in KEEP:
         raise ValueError(f"keep: expected {' or '.join(KEEP)}, got {keep!r}")
@@ -155,6 +160,8 @@ def train_model(
                         finetune_learning_rate_factor=finetune_learning_rate_factor)
     if keep != "best":  # likewise
         settings.update(keep=keep)
+    if progressive:  # likewise
+        settings.update(progressive=list(progressive))
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         compile_model(model, architecture=architecture, learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
                       epochs=epochs, **training_options, freeze_steps=steps_per_epoch * freeze_backbone_epochs if frozen else 0,
@@ -175,24 +182,42 @@ def train_model(
         keep_best, commit = _BestKeeper(record), _Commit(record)
         epoch_end = [record, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), keep_best, commit] \
             if training_options.get("ema") else [record, keep_best, commit]
-        initial_epoch = len(history.get("epoch", []))
-        with _fine_tuning(model, frozen, freeze_backbone_epochs, initial_epoch) as freezing, \
+        validation_data = make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False)
+        stop_rule = _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds)
+        # Phases of (last epoch, side of the training images): one fit each, resumed like one.
+        phases = [(min(progressive[1], epochs), progressive[0]), (epochs, None)] if progressive else [(epochs, None)]
+        with _fine_tuning(model, frozen, freeze_backbone_epochs, len(history.get("epoch", []))) as freezing, \
                 _synchronised_batchnorm(model, strategy):
-            model.fit(
-                make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
-                validation_data=make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False),
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                callbacks=[*freezing, *epoch_end,
-                           _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds),
-                           *callbacks],
-                verbose=2 if progress else 0,
-                shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
-            )
-        stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience,
-                                   budget=time_budget_seconds, keep=keep)
+            for phase_end, side in phases:
+                initial_epoch = len(history.get("epoch", []))
+                if initial_epoch >= phase_end:
+                    continue
+                model.fit(
+                    _shrunk(make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed), side),
+                    validation_data=validation_data,
+                    epochs=phase_end,
+                    initial_epoch=initial_epoch,
+                    callbacks=[*freezing, *epoch_end, stop_rule, *callbacks],
+                    verbose=2 if progress else 0,
+                    shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
+                )
+                stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience,
+                                           budget=time_budget_seconds, keep=keep)
+                if stop_reason is not None:
+                    break
     model.load_weights(checkpoint_dir / "best.keras")
     return record.finish(stop_reason)
+
+
+def _shrunk(dataset: tf.data.Dataset, side: int | None) -> tf.data.Dataset:
+    """`dataset`'s images resized to `side` px (area averaging, as for any downscaling), or `dataset`."""
+    if side is None:
+        return dataset
+
+    def shrink(inputs, age):
+        return {**inputs, "image": tf.image.resize(inputs["image"], (side, side), method="area")}, age
+
+    return dataset.map(shrink, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @contextlib.contextmanager
