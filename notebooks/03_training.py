@@ -26,8 +26,9 @@
 # backbone with our head (`architecture`), from random, ImageNet or a local file's weights
 # (`init_weights`), optionally with the backbone frozen for the first epochs, in mixed precision
 # and over several devices (`mixed_precision`, `distribution`), and with progressive resizing
-# (the first epochs on smaller images: `progressive_image_size`, `progressive_epochs`). With `refit_on_validation`, the
-# final network trains on train + validation for exactly `epochs` epochs and keeps the last.
+# (the first epochs on smaller images: `progressive_image_size`, `progressive_epochs`). With
+# `refit_on_validation`, the final network trains on train + validation for exactly `epochs`
+# epochs and keeps the last.
 
 # %% tags=["parameters"]
 # A preset of presets.yaml and overrides of its parameters; the pipeline sets both.

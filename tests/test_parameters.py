@@ -123,3 +123,5 @@ def test_progressive_resizing_is_checked_against_the_run():
         "  progressive_image_size: expected a side below image_size (48), got 48",
         "  progressive_epochs: expected 1 to epochs - 1 (7) epochs at progressive_image_size, got 8",
     ]
+    with pytest.raises(ValueError, match="progressive_epochs: 3 epochs at which side. Set progressive_image_size too"):
+        load_parameters("ci", {"progressive_epochs": 3})

@@ -375,4 +375,7 @@ def _combination_problems(values: dict) -> list[str]:
         if not 1 <= values["progressive_epochs"] < values["epochs"]:
             problems.append(f"progressive_epochs: expected 1 to epochs - 1 ({values['epochs'] - 1}) epochs at "
                             f"progressive_image_size, got {values['progressive_epochs']}")
+    elif values["progressive_epochs"]:
+        problems.append(f"progressive_epochs: {values['progressive_epochs']} epochs at which side? Set "
+                        "progressive_image_size too")
     return problems
