@@ -55,7 +55,7 @@ def untrained_model_dir(folder: Path, data_folder: Path) -> Path:
     from utils.quality import QualityReference
 
     parameters = load_parameters(PRESET)
-    model = build_for_run(parameters, target_mean=127.0, target_std=41.0)
+    model = build_for_run(parameters, target_mean=127.0, target_std=41.0, shipped=True)
     model.save(folder / config.MODEL_FILE)
     export_onnx(model, folder / config.ONNX_FILE)
     table, _ = folder_table(data_folder)

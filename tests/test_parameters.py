@@ -117,11 +117,17 @@ def test_progressive_resizing_is_checked_against_the_run():
     assert load_parameters("ci", {"progressive_image_size": 32, "progressive_epochs": 3}).progressive_schedule == (32, 3)
     assert load_parameters("ci").progressive_schedule is None
     with pytest.raises(ValueError) as refused:
-        load_parameters("ci", {"progressive_image_size": 48, "progressive_epochs": 8, "architecture": "seed_baseline"})
+        load_parameters("ci", {"progressive_image_size": 48, "progressive_epochs": 8, "architecture": "seed_baseline",
+                               "ema": True})
     assert str(refused.value).splitlines()[1:] == [
         "  progressive_image_size: progressive resizing is for our network; architecture is 'seed_baseline'",
-        "  progressive_image_size: expected a side below image_size (48), got 48",
+        "  progressive_image_size: expected a side from 16 (the network's total stride) to below image_size (48), "
+        "got 48",
+        "  progressive_image_size: progressive resizing cannot be combined with ema (each phase ends by writing the "
+        "averaged weights into the network)",
         "  progressive_epochs: expected 1 to epochs - 1 (7) epochs at progressive_image_size, got 8",
     ]
+    with pytest.raises(ValueError, match="expected a side from 16 .* got 8"):  # stride 2, then 3 poolings
+        load_parameters("ci", {"progressive_image_size": 8, "progressive_epochs": 3})
     with pytest.raises(ValueError, match="progressive_epochs: 3 epochs at which side. Set progressive_image_size too"):
         load_parameters("ci", {"progressive_epochs": 3})

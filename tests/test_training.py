@@ -211,6 +211,21 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_resumes_in_eithe
         fit(any_size_model(), tmp_path, epochs=5, progressive=(8, 2))
 
 
+def test_the_budget_expects_the_first_full_size_epoch_to_take_longer():
+    history = {"epoch": [1, 2], "epoch_seconds": [10.0, 10.0], "val_mae": [20.0, 19.0]}
+    settings = dict(epochs=10, patience=5, budget=40.0)
+    assert training._stop_reason(history, 20.0, **settings) is None
+    # Epoch 3 is the first at full size: 2.25 x 10 s would end past the 40 s budget.
+    assert training._stop_reason(history, 20.0, **settings, growth=(2, 2.25)) == "time_budget"
+    assert training._stop_reason(history, 20.0, **settings, growth=(1, 2.25)) is None
+
+
+def test_progressive_resizing_refuses_ema(tmp_path):
+    with pytest.raises(ValueError, match="progressive resizing cannot be combined with ema"):
+        fit(any_size_model(), tmp_path, progressive=(16, 1), training_options={**CI.training_options(), "ema": True})
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_keep_must_be_best_or_last(tmp_path):
     with pytest.raises(ValueError, match="keep: expected best or last, got 'first'"):
         fit(tiny_model(), tmp_path, keep="first")

@@ -208,7 +208,7 @@ class Parameters:
     # training
     epochs: int = _parameter(_integer(1), "maximum epochs")
     progressive_image_size: int | None = _parameter(
-        _optional(_integer(16, 1024)), "null: every epoch at image_size; N: progressive resizing, the first "
+        _optional(_integer(1, 1024)), "null: every epoch at image_size; N: progressive resizing, the first "
                                        "progressive_epochs epochs train on the images shrunk to N px (validation "
                                        "stays at image_size)")
     progressive_epochs: int = _parameter(_integer(0), "epochs at progressive_image_size before image_size")
@@ -369,9 +369,14 @@ def _combination_problems(values: dict) -> list[str]:
         if architecture != "ours":
             problems.append(f"progressive_image_size: progressive resizing is for our network; architecture is "
                             f"{architecture!r}")
-        if values["progressive_image_size"] >= size:
-            problems.append(f"progressive_image_size: expected a side below image_size ({size}), got "
-                            f"{values['progressive_image_size']}")
+        # The stem's stride and a 2x2 pooling between stages: the last stage needs at least one pixel.
+        smallest = values["stem_stride"] * 2 ** (len(values["widths"]) - 1)
+        if not smallest <= values["progressive_image_size"] < size:
+            problems.append(f"progressive_image_size: expected a side from {smallest} (the network's total stride) "
+                            f"to below image_size ({size}), got {values['progressive_image_size']}")
+        if values["ema"]:
+            problems.append("progressive_image_size: progressive resizing cannot be combined with ema (each phase "
+                            "ends by writing the averaged weights into the network)")
         if not 1 <= values["progressive_epochs"] < values["epochs"]:
             problems.append(f"progressive_epochs: expected 1 to epochs - 1 ({values['epochs'] - 1}) epochs at "
                             f"progressive_image_size, got {values['progressive_epochs']}")

@@ -697,8 +697,9 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
                    f"{parameters.get('convs_per_stage', 2)} "
                    + {"residual": "residual blocks (each adds its input to its output, which eases training)",
                       "repvgg": "RepVGG blocks (while training, a 3 x 3 and a 1 x 1 convolution and, where the width "
-                                "stays, the input itself, each batch-normalised and summed; the shipped network folds "
-                                "them into one 3 x 3 convolution, with the same predictions)"}.get(
+                                "stays, the input itself, each batch-normalised and summed; the shipped network, whose "
+                                "parameters are counted here, folds them into one 3 x 3 convolution with the same "
+                                "predictions)"}.get(
                        block, "3 x 3 convolutions with batch normalisation and ReLU")
                    + f" with {', '.join(str(width) for width in widths)} filters, a 2 x 2 max-pooling between stages, "
                    f"global average pooling, dropout {parameters.get('dropout')} and a dense layer of "

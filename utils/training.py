@@ -146,6 +146,9 @@ def train_model(
     """
     if keep not in KEEP:
         raise ValueError(f"keep: expected {' or '.join(KEEP)}, got {keep!r}")
+    if progressive and (training_options or {}).get("ema"):
+        # Each phase's fit ends by writing the averaged weights into the model, for good.
+        raise ValueError("progressive resizing cannot be combined with ema")
     checkpoint_dir = Path(checkpoint_dir)
     training_options = dict(training_options or {})
     keras.utils.set_random_seed(seed)
@@ -174,8 +177,10 @@ def train_model(
     history = state["history"]
     record = _EpochRecorder(checkpoint_dir, history_path, history, state["training_seconds"], settings, keep=keep,
                             best_keras_epoch=state.get("best_keras_epoch", _best_epoch(history, keep)))
-    stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience, budget=time_budget_seconds,
-                               keep=keep)
+    # After the small images, an epoch takes about (full side / small side)^2 as long.
+    growth = (progressive[1], (train[0].shape[1] / progressive[0]) ** 2) if progressive else None
+    stop_rule = _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds, growth=growth)
+    stop_reason = stop_rule.reason()
     if stop_reason is None:
         # With EMA, validation and best.keras use the averaged weights: last.keras (and the
         # optimizer state) are written first with the raw ones, then the averages are swapped in.
@@ -183,17 +188,17 @@ def train_model(
         epoch_end = [record, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), keep_best, commit] \
             if training_options.get("ema") else [record, keep_best, commit]
         validation_data = make_dataset(*validation, batch_size=max(batch_size, 256), shuffle=False)
-        stop_rule = _StopRule(record, epochs=epochs, patience=patience, budget=time_budget_seconds)
         # Phases of (last epoch, side of the training images): one fit each, resumed like one.
         phases = [(min(progressive[1], epochs), progressive[0]), (epochs, None)] if progressive else [(epochs, None)]
         with _fine_tuning(model, frozen, freeze_backbone_epochs, len(history.get("epoch", []))) as freezing, \
                 _synchronised_batchnorm(model, strategy):
-            for phase_end, side in phases:
+            for phase, (phase_end, side) in enumerate(phases):
                 initial_epoch = len(history.get("epoch", []))
                 if initial_epoch >= phase_end:
                     continue
+                # Each phase its own shuffle seed: the full-size epochs do not replay the small ones' orders.
                 model.fit(
-                    _shrunk(make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed), side),
+                    _shrunk(make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed + phase), side),
                     validation_data=validation_data,
                     epochs=phase_end,
                     initial_epoch=initial_epoch,
@@ -201,9 +206,8 @@ def train_model(
                     verbose=2 if progress else 0,
                     shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
                 )
-                stop_reason = _stop_reason(history, record.training_seconds, epochs=epochs, patience=patience,
-                                           budget=time_budget_seconds, keep=keep)
-                if stop_reason is not None:
+                stop_reason = stop_rule.reason()
+                if stop_reason is not None:  # early stopping or the budget ended this phase; or all epochs ran
                     break
     model.load_weights(checkpoint_dir / "best.keras")
     return record.finish(stop_reason)
@@ -415,10 +419,12 @@ def _epochs_since_best(history: dict, keep: str = "best") -> int:
     return 0 if index is None else len(history[MONITOR]) - 1 - index
 
 
-def _stop_reason(history, training_seconds, *, epochs, patience, budget, keep="best"):
+def _stop_reason(history, training_seconds, *, epochs, patience, budget, keep="best", growth=None):
     """Why training must not start another epoch, or None.
 
     The budget stops training when the next epoch (estimated by the last one) would end past it.
+    `growth` (epoch, factor): the epoch after `epoch` takes `factor` times as long as it did (the
+    first full-size epoch of progressive resizing).
     """
     completed = len(history.get("epoch", []))
     if completed >= epochs:
@@ -426,7 +432,8 @@ def _stop_reason(history, training_seconds, *, epochs, patience, budget, keep="b
     if completed and _epochs_since_best(history, keep) >= patience:
         return "early_stopping"
     if budget is not None and completed:
-        if training_seconds + history["epoch_seconds"][-1] > budget:
+        factor = growth[1] if growth and completed == growth[0] else 1.0
+        if training_seconds + factor * history["epoch_seconds"][-1] > budget:
             return "time_budget"
     return None
 
@@ -519,12 +526,15 @@ class _Commit(keras.callbacks.Callback):
 class _StopRule(keras.callbacks.Callback):
     """Early stopping on validation MAE (patience counted over resumed epochs too) and the time budget."""
 
-    def __init__(self, recorder: _EpochRecorder, *, epochs: int, patience: int, budget: float | None):
+    def __init__(self, recorder: _EpochRecorder, *, epochs: int, patience: int, budget: float | None, growth=None):
         super().__init__()
-        self.recorder, self.epochs, self.patience, self.budget = recorder, epochs, patience, budget
+        self.recorder, self.epochs, self.patience, self.budget, self.growth = recorder, epochs, patience, budget, growth
+
+    def reason(self) -> str | None:
+        """`_stop_reason` of the epochs recorded so far."""
+        return _stop_reason(self.recorder.history, self.recorder.training_seconds, epochs=self.epochs,
+                            patience=self.patience, budget=self.budget, keep=self.recorder.keep, growth=self.growth)
 
     def on_epoch_end(self, epoch, logs=None):
-        reason = _stop_reason(self.recorder.history, self.recorder.training_seconds, epochs=self.epochs,
-                              patience=self.patience, budget=self.budget, keep=self.recorder.keep)
-        if reason in ("early_stopping", "time_budget"):
+        if self.reason() in ("early_stopping", "time_budget"):
             self.model.stop_training = True
