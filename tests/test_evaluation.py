@@ -2,6 +2,7 @@
 
 import json
 import math
+import subprocess
 import warnings
 
 import numpy as np
@@ -322,6 +323,26 @@ def test_git_commit_of_project_and_of_a_plain_folder(tmp_path):
         head = commit.removesuffix("-dirty")
         assert len(head) == 40 and all(character in "0123456789abcdef" for character in head)
     assert evaluation.git_commit(tmp_path) == "unknown"
+
+
+def test_git_commit_is_dirty_for_changed_code_not_for_the_run_s_own_outputs(tmp_path):
+    def git(*arguments):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *arguments], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results" / "run").mkdir(parents=True)
+    (tmp_path / "results" / "run" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    outputs = (tmp_path / "results" / "run", tmp_path / "models" / "run", tmp_path.parent / "elsewhere")
+    (tmp_path / "results" / "run" / "metrics.json").write_text('{"mae": 9}')
+    assert evaluation.git_commit(tmp_path).endswith("-dirty")
+    clean = evaluation.git_commit(tmp_path, outputs=outputs)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2")
+    assert evaluation.git_commit(tmp_path, outputs=outputs) == clean + "-dirty"
 
 
 def test_write_performance_metrics_round_trips_and_is_atomic(tmp_path):

@@ -23,6 +23,7 @@ SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 RSNA100_DIR = SHARED_DATA_DIR / "rsna-bone-age-100"
 FULLRES_SAMPLE_DIR = SHARED_DATA_DIR / "rsna-fullres-sample"
 COMMITTED_RUN = "rsna100"
+ROOT_REPORT = PROJECT_ROOT / "Report.pdf"  # a copy of one run's report (report_at_root)
 # Bone ages and chronological ages the study accepts (RSNA labels run 1..228 months).
 MAX_AGE_MONTHS = 240
 # File names that code outside RunPaths needs too (a model folder or a results folder given by path).
@@ -163,6 +164,11 @@ class RunPaths:
     @property
     def models(self) -> Path:
         return models_root() / self.run_name
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        """What the run writes: its results and model folders, and (report_at_root) the root Report.pdf."""
+        return self.results, self.models, ROOT_REPORT
 
     @property
     def model(self) -> Path:

@@ -712,9 +712,13 @@ def external_check_skipped(reason: str, folder="") -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def git_commit(folder=None) -> str:
-    """HEAD of the checkout at `folder` (default: the project), '-dirty' if tracked files changed."""
+def git_commit(folder=None, outputs=()) -> str:
+    """HEAD of the checkout at `folder` (default: the project), '-dirty' if tracked files changed,
+    other than `outputs`: a run's own results and model (`RunPaths.written`), which its earlier
+    stages have rewritten by the time it is recorded (a committed run's files are tracked)."""
     folder = Path(folder or config.PROJECT_ROOT)
+    inside = [Path(path).resolve() for path in outputs if Path(path).resolve().is_relative_to(folder.resolve())]
+    excluded = [f":(exclude){path.relative_to(folder.resolve())}" for path in inside]
 
     def git(*arguments):
         # --no-optional-locks: only read, never refresh the index of a checkout others work in.
@@ -729,7 +733,7 @@ def git_commit(folder=None) -> str:
 
     try:
         commit = git("rev-parse", "HEAD")
-        changes = git("status", "--porcelain", "--untracked-files=no")
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if changes else "")
@@ -839,7 +843,7 @@ def build_performance_metrics(
             "name": parameters.get("run_name"),
             "preset": parameters.get("preset"),
             "parameters": parameters,
-            "git_commit": git_commit(),
+            "git_commit": git_commit(outputs=config.RunPaths(parameters["run_name"]).written),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "library_versions": library_versions(),
         },

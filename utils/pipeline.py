@@ -377,9 +377,9 @@ def _run_locked(parameters, paths: config.RunPaths, preset, overrides, stages, t
         build_report(paths.results, paths.report)
         print(f"report: {paths.report}")
         if parameters.report_at_root:
-            with atomic_path(config.PROJECT_ROOT / "Report.pdf") as temporary:
+            with atomic_path(config.ROOT_REPORT) as temporary:
                 shutil.copyfile(paths.report, temporary)
-            print(f"report: {config.PROJECT_ROOT / 'Report.pdf'}")
+            print(f"report: {config.ROOT_REPORT}")
     return timings
 
 
