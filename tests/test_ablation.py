@@ -26,3 +26,11 @@ def test_rows_without_a_run_folder_are_kept_only_for_the_same_command_and_schedu
 
     (tmp_path / "ablation.json").write_text(json.dumps({"shared_overrides": {**ablation.SHARED, "epochs": 5}, "rows": rows}))
     assert ablation.tabulate() == []  # another schedule: nothing compares
+
+
+def test_a_refitted_variant_has_no_validation_mae_to_compare():
+    rows = [recorded_row("base"), recorded_row("refit", validation_mae=None, test_mae=10.2)]
+    table = ablation.markdown(rows)
+    assert "| `refit` | trained on training + validation, the last of its 15 epochs kept | in-sample | — | 10.20 |" in table
+    assert ablation.overrides("refit")["refit_on_validation"] is True
+    ablation.plt.close(ablation.figure(rows))  # draws without a validation bar for it
