@@ -148,7 +148,7 @@ def figure(rows: list[dict]):
     axes.set_yticks(list(positions), names)
     axes.invert_yaxis()
     axes.set_xlabel("MAE (months)")
-    low = min(min(item["validation_mae"] or item["test_mae"], item["test_mae"]) for item in rows)
+    low = min(value for item in rows for value in (item["validation_mae"], item["test_mae"]) if value is not None)
     axes.set_xlim(low - 1.0, None)
     axes.set_title(f"Ablation on {PRESET}: one change at a time, {SHARED['epochs']} epochs each")
     axes.legend(loc="lower right")

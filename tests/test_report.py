@@ -291,8 +291,8 @@ def test_training_paragraph_says_when_the_validation_mae_is_in_sample(tmp_path, 
 
 
 def test_method_names_repvgg_blocks_and_progressive_resizing():
-    parameters = {**load_parameters("rsna100", {"block": "repvgg", "progressive_image_size": 64,
-                                                "progressive_epochs": 5}).to_dict()}
+    parameters = load_parameters("rsna100", {"block": "repvgg", "progressive_image_size": 64,
+                                             "progressive_epochs": 5}).to_dict()
     run = report._Run(metrics={"run": {"parameters": parameters}, "model": {"architecture": "ours"}}, training={})
     items = dict(report._method_items(run))
     assert "RepVGG blocks (while training, a 3 x 3 and a 1 x 1 convolution" in items["Network."]

@@ -717,8 +717,9 @@ def git_commit(folder=None, outputs=()) -> str:
     other than `outputs`: a run's own results and model (`RunPaths.written`), which its earlier
     stages have rewritten by the time it is recorded (a committed run's files are tracked)."""
     folder = Path(folder or config.PROJECT_ROOT)
-    inside = [Path(path).resolve() for path in outputs if Path(path).resolve().is_relative_to(folder.resolve())]
-    excluded = [f":(exclude){path.relative_to(folder.resolve())}" for path in inside]
+    root = folder.resolve()
+    excluded = [f":(exclude){path.relative_to(root)}" for path in (Path(output).resolve() for output in outputs)
+                if path.is_relative_to(root)]
 
     def git(*arguments):
         # --no-optional-locks: only read, never refresh the index of a checkout others work in.

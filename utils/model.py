@@ -119,7 +119,7 @@ def build_for_run(parameters, *, target_mean: float, target_std: float, architec
     as it trains or, with `shipped`, as it is shipped (`for_inference`); `backbone_weights` as
     `build_model` takes them (`backbones.resolve_init_weights(...).backbone`)."""
     architecture = architecture or parameters.architecture
-    ours = architecture == "ours"
+    folds, any_side = _trained_unlike_shipped(parameters, architecture)
     options = {"ours": parameters.network_options, "seed_baseline": dict}.get(architecture, parameters.backbone_options)()
     return build_model(
         parameters.image_size,
@@ -128,8 +128,8 @@ def build_for_run(parameters, *, target_mean: float, target_std: float, architec
         target_std=target_std,
         augment=parameters.augment,
         backbone_weights=backbone_weights,
-        fused=shipped and ours and parameters.block == "repvgg",
-        any_size=not shipped and ours and parameters.progressive_image_size is not None,
+        fused=shipped and folds,
+        any_size=not shipped and any_side,
         **options,
     )
 
@@ -138,9 +138,16 @@ def for_inference(trained: keras.Model, parameters, *, target_mean: float, targe
     """The network a run ships: `trained` itself; or its weights in the network of `image_size`
     where it trained on any side (progressive resizing), with RepVGG branches folded into one 3x3
     conv each (the same predictions, a plain stack of convs)."""
-    if parameters.architecture != "ours" or (parameters.block != "repvgg" and parameters.progressive_image_size is None):
+    if not any(_trained_unlike_shipped(parameters, parameters.architecture)):
         return trained
     return fold_into(trained, build_for_run(parameters, target_mean=target_mean, target_std=target_std, shipped=True))
+
+
+def _trained_unlike_shipped(parameters, architecture: str) -> tuple[bool, bool]:
+    """What sets a run's network in training apart from the one it ships: (RepVGG branches to fold,
+    any image side while training for progressive resizing). Our network only."""
+    ours = architecture == "ours"
+    return ours and parameters.block == "repvgg", ours and parameters.progressive_image_size is not None
 
 
 def _apply(layer_list, tensor):

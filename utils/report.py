@@ -736,11 +736,11 @@ def _method_items(run: _Run) -> list[tuple[str, str]]:
                 "the weights of the best validation epoch are kept.")
     if parameters.get("ema"):
         training += " An exponential moving average of the weights is evaluated and kept."
-    if parameters.get("progressive_image_size"):
+    small = parameters.get("progressive_image_size")
+    if small:
         training += (f" Progressive resizing: the first {parameters.get('progressive_epochs')} epochs train on the "
-                     f"images shrunk to {parameters.get('progressive_image_size')} x "
-                     f"{parameters.get('progressive_image_size')} pixels (faster epochs, coarse features first), the "
-                     "rest at full size; validation is always at full size.")
+                     f"images shrunk to {small} x {small} pixels (faster epochs, coarse features first), the rest at "
+                     "full size; validation is always at full size.")
     items.append(("Training.", training))
     if parameters.get("augment"):
         parts = [f"rotation up to {parameters.get('augment_rotation_degrees')} degrees",
