@@ -34,3 +34,14 @@ def test_a_refitted_variant_has_no_validation_mae_to_compare():
     assert "| `refit` | trained on training + validation, the last of its 15 epochs kept | in-sample | — | 10.20 |" in table
     assert ablation.overrides("refit")["refit_on_validation"] is True
     ablation.plt.close(ablation.figure(rows))  # draws without a validation bar for it
+
+
+def test_the_readme_table_is_the_committed_ablation():
+    """Every row of the README's table comes from results/benchmarks/ablation.json, all its rows."""
+    recorded = json.loads((config.PROJECT_ROOT / "results" / "benchmarks" / "ablation.json").read_text())
+    committed = ablation.markdown([{**item, "description": ablation.VARIANTS[item["variant"]][0]}
+                                   for item in recorded["rows"]])
+    readme = (config.PROJECT_ROOT / "README.md").read_text()
+    assert committed in readme, "README's ablation table differs from results/benchmarks/ablation.json"
+    assert recorded["shared_overrides"] == ablation.SHARED
+    assert {item["variant"] for item in recorded["rows"]} == set(ablation.VARIANTS), "a variant has no row"
