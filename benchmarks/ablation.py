@@ -118,6 +118,7 @@ def row(name: str) -> dict | None:
         "numpy_fp32_matmul_gflops": metrics["timing"].get("numpy_fp32_matmul_gflops_at_training"),
         "parameters_count": metrics["model"]["parameters_count"],
         "git_commit": metrics["run"]["git_commit"],
+        "uncommitted_changes": metrics["run"].get("uncommitted_changes", []),  # what made it -dirty
     }
 
 

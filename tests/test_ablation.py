@@ -45,3 +45,24 @@ def test_the_readme_table_is_the_committed_ablation():
     assert committed in readme, "README's ablation table differs from results/benchmarks/ablation.json"
     assert recorded["shared_overrides"] == ablation.SHARED
     assert {item["variant"] for item in recorded["rows"]} == set(ablation.VARIANTS), "a variant has no row"
+
+
+def test_a_finished_run_becomes_a_row_that_says_what_made_its_tree_dirty(tmp_path, monkeypatch):
+    monkeypatch.setenv("BONE_AGE_RESULTS_DIR", str(tmp_path))
+    paths = config.RunPaths("ablation-l1")
+    paths.results.mkdir(parents=True)
+    parameters = ablation.load_parameters(ablation.PRESET, ablation.overrides("l1")).to_dict()
+    run = {"parameters": parameters, "git_commit": "abc-dirty", "uncommitted_changes": ["utils/model.py"]}
+    paths.metrics.write_text(json.dumps({
+        "run": run, "mae": 11.5, "within_12_pct": 62.04, "prediction_interval": {"coverage_pct": 89.96},
+        "timing": {"inference_images_per_second": 400.0, "numpy_fp32_matmul_gflops_at_training": 300.0},
+        "model": {"parameters_count": 1217057}}))
+    paths.training_summary.write_text(json.dumps({"ours": {
+        "best_val_mae": 11.8123, "best_epoch": 14, "epoch": list(range(1, 16)), "training_seconds": 1200.0,
+        "train_images_per_second": 95.04}}))
+    row = ablation.row("l1")
+    assert row["validation_mae"] == 11.812 and row["test_mae"] == 11.5 and row["training_minutes"] == 20.0
+    assert row["git_commit"] == "abc-dirty" and row["uncommitted_changes"] == ["utils/model.py"]
+    assert ablation.row("huber_small") is None  # no run folder
+    paths.metrics.write_text(json.dumps({"run": {**run, "parameters": {**parameters, "epochs": 30}}}))
+    assert ablation.row("l1") is None  # another run's parameters under this name

@@ -266,7 +266,8 @@ def test_build_performance_metrics_schema():
     assert set(metrics) == expected
     assert metrics["prediction_runtime"] is None  # not measured here
     assert metrics["schema_version"] == evaluation.SCHEMA_VERSION == 2
-    assert set(metrics["run"]) == {"name", "preset", "parameters", "git_commit", "created_utc", "library_versions"}
+    assert set(metrics["run"]) == {"name", "preset", "parameters", "git_commit", "uncommitted_changes", "created_utc",
+                                  "library_versions"}
     assert metrics["run"]["name"] == "unit" and metrics["run"]["preset"] == "ci"
     assert set(metrics["run"]["library_versions"]) == {
         "python", "numpy", "pandas", "scikit-learn", "tensorflow", "keras", "opencv",
@@ -318,11 +319,11 @@ def test_build_performance_metrics_names_missing_keys():
 
 
 def test_git_commit_of_project_and_of_a_plain_folder(tmp_path):
-    commit = evaluation.git_commit(config.PROJECT_ROOT)
+    commit = evaluation.git_state(config.PROJECT_ROOT)["git_commit"]
     if commit != "unknown":  # a copy of the project outside git is allowed
         head = commit.removesuffix("-dirty")
         assert len(head) == 40 and all(character in "0123456789abcdef" for character in head)
-    assert evaluation.git_commit(tmp_path) == "unknown"
+    assert evaluation.git_state(tmp_path) == {"git_commit": "unknown", "uncommitted_changes": []}
 
 
 def test_git_commit_is_dirty_for_changed_code_not_for_the_run_s_own_outputs(tmp_path):
@@ -333,16 +334,21 @@ def test_git_commit_is_dirty_for_changed_code_not_for_the_run_s_own_outputs(tmp_
     (tmp_path / "results" / "run").mkdir(parents=True)
     (tmp_path / "results" / "run" / "metrics.json").write_text("{}")
     (tmp_path / "code.py").write_text("x = 1")
+    (tmp_path / "old name.py").write_text("y = 1")
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "first")
     outputs = (tmp_path / "results" / "run", tmp_path / "models" / "run", tmp_path.parent / "elsewhere")
     (tmp_path / "results" / "run" / "metrics.json").write_text('{"mae": 9}')
-    assert evaluation.git_commit(tmp_path).endswith("-dirty")
-    clean = evaluation.git_commit(tmp_path, outputs=outputs)
-    assert len(clean) == 40 and not clean.endswith("-dirty")
+    assert evaluation.git_state(tmp_path) == {
+        "git_commit": evaluation.git_state(tmp_path, outputs=outputs)["git_commit"] + "-dirty",
+        "uncommitted_changes": ["results/run/metrics.json"]}
+    clean = evaluation.git_state(tmp_path, outputs=outputs)
+    assert len(clean["git_commit"]) == 40 and clean["uncommitted_changes"] == []
     (tmp_path / "code.py").write_text("x = 2")
-    assert evaluation.git_commit(tmp_path, outputs=outputs) == clean + "-dirty"
+    git("mv", "old name.py", "new name.py")  # a rename names its new path once, the old one not
+    assert evaluation.git_state(tmp_path, outputs=outputs) == {
+        "git_commit": clean["git_commit"] + "-dirty", "uncommitted_changes": ["code.py", "new name.py"]}
 
 
 def test_write_performance_metrics_round_trips_and_is_atomic(tmp_path):

@@ -301,3 +301,14 @@ def test_method_names_repvgg_blocks_and_progressive_resizing():
                                  "model": {"architecture": "ours"}}, training={})
     items = dict(report._method_items(plain))
     assert "3 x 3 convolutions with batch normalisation" in items["Network."] and "Progressive" not in items["Training."]
+
+
+def test_a_dirty_run_names_its_uncommitted_changes(tmp_path):
+    metrics = fake_metrics()
+    metrics["run"].update(git_commit="0123456789abcdef-dirty", uncommitted_changes=["utils/model.py", "presets.yaml"])
+    pdf = report.build_report(make_results(tmp_path / "run", metrics, figures=()), tmp_path / "Report.pdf",
+                              compress=False).read_bytes()
+    assert b"utils/model.py, presets.yaml" in pdf_text(pdf)
+    clean = report.build_report(make_results(tmp_path / "clean", fake_metrics(), figures=()), tmp_path / "Clean.pdf",
+                                compress=False).read_bytes()
+    assert b"Uncommitted changes" not in pdf_text(clean)

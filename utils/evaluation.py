@@ -13,7 +13,9 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
 - ``schema_version``: 2.
 - ``run``: ``name``, ``preset``, ``parameters`` (the full parameter dict of the run),
   ``git_commit`` (``git rev-parse HEAD``, with ``-dirty`` if tracked files differ from it,
-  ``"unknown"`` outside a git checkout), ``created_utc`` (ISO 8601),
+  ``"unknown"`` outside a git checkout), ``uncommitted_changes`` (the tracked files that made it
+  ``-dirty``, the run's own outputs aside; absent in files written before it was recorded),
+  ``created_utc`` (ISO 8601),
   ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
   when not installed); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
   the names of its runs, and a top-level ``ensemble_validation``: ``n``, ``tta``, ``mae`` of the
@@ -712,10 +714,12 @@ def external_check_skipped(reason: str, folder="") -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def git_commit(folder=None, outputs=()) -> str:
-    """HEAD of the checkout at `folder` (default: the project), '-dirty' if tracked files changed,
-    other than `outputs`: a run's own results and model (`RunPaths.written`), which its earlier
-    stages have rewritten by the time it is recorded (a committed run's files are tracked)."""
+def git_state(folder=None, outputs=()) -> dict:
+    """Where a run's code came from: ``git_commit``, HEAD of the checkout at `folder` (default: the
+    project) with '-dirty' if tracked files changed, other than `outputs`: a run's own results and
+    model (`RunPaths.written`), which its earlier stages have rewritten by the time it is recorded
+    (a committed run's files are tracked); ``uncommitted_changes``, those changed files, so that a
+    dirty record says what differed. Outside a git checkout: "unknown" and an empty list."""
     folder = Path(folder or config.PROJECT_ROOT)
     root = folder.resolve()
     excluded = [f":(exclude){path.relative_to(root)}" for path in (Path(output).resolve() for output in outputs)
@@ -730,14 +734,21 @@ def git_commit(folder=None, outputs=()) -> str:
             text=True,
             timeout=30,
             check=True,
-        ).stdout.strip()
+        ).stdout
 
     try:
-        commit = git("rev-parse", "HEAD")
-        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+        commit = git("rev-parse", "HEAD").strip()
+        # -z: paths verbatim; a rename's entry is followed by its source path, which is skipped.
+        entries = iter(git("status", "--porcelain", "-z", "--untracked-files=no", "--", ".", *excluded).split("\0"))
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if changes else "")
+        return {"git_commit": "unknown", "uncommitted_changes": []}
+    changes = []
+    for entry in entries:
+        if entry:
+            changes.append(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)
+    return {"git_commit": commit + ("-dirty" if changes else ""), "uncommitted_changes": sorted(changes)}
 
 
 def library_versions() -> dict:
@@ -844,7 +855,7 @@ def build_performance_metrics(
             "name": parameters.get("run_name"),
             "preset": parameters.get("preset"),
             "parameters": parameters,
-            "git_commit": git_commit(outputs=config.RunPaths(parameters["run_name"]).written),
+            **git_state(outputs=config.RunPaths(parameters["run_name"]).written),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "library_versions": library_versions(),
         },

@@ -1267,6 +1267,8 @@ def _run_details(run: _Run, styles) -> list:
         ["Model file", model.get("path") or DASH],
         ["Run date", _created(run_record)],
         ["Git commit", run_record.get("git_commit") or DASH],
+        *([["Uncommitted changes", ", ".join(run_record["uncommitted_changes"])]]
+          if run_record.get("uncommitted_changes") else []),
         ["Library versions", ", ".join(f"{name} {version}" for name, version in versions.items()) or DASH],
     ]
     story = [Paragraph("Appendix: the run", styles["heading"]),
