@@ -126,18 +126,29 @@ def row(name: str) -> dict | None:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The table; a difference to a base that ran at another commit is marked, since code changes
+    between commits move a row by more than the spread between seeds."""
     base = next((item for item in rows if item["variant"] == "base"), None)
-    lines = ["| variant | change | validation MAE | Δ vs base | test MAE | within 12 (%) | min | train img/s | GFLOP/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | change | validation MAE | Δ vs base | test MAE | within 12 (%) | min | train img/s | GFLOP/s | commit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    other_commit = False
     for item in rows:
         validation = item["validation_mae"]
-        delta = f"{validation - base['validation_mae']:+.2f}" if base and validation is not None else "—"
+        delta = "—"
+        if base and validation is not None:
+            delta = f"{validation - base['validation_mae']:+.2f}"
+            if item["git_commit"] != base["git_commit"]:
+                delta, other_commit = delta + " †", True
+        commit = item["git_commit"][:7] + ("-dirty" if item["git_commit"].endswith("-dirty") else "")
         lines.append(
             f"| `{item['variant']}` | {item['description']} | "
             f"{'in-sample' if validation is None else f'{validation:.2f}'} | {delta} | "
             f"{item['test_mae']:.2f} | {item['test_within_12_pct']:.1f} | {item['training_minutes']:.1f} | "
-            f"{item['training_images_per_second']:.0f} | {item['numpy_fp32_matmul_gflops'] or float('nan'):.0f} |"
+            f"{item['training_images_per_second']:.0f} | {item['numpy_fp32_matmul_gflops'] or float('nan'):.0f} | {commit} |"
         )
+    if other_commit:
+        lines.append("\n† measured at another commit than `base`: the code between the two commits differs, "
+                     "so the difference is not one change at a time.")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ spec.loader.exec_module(ablation)
 def recorded_row(name, **changes):
     return {"variant": name, "description": ablation.VARIANTS[name][0], "command": ablation.command(name),
             "validation_mae": 11.0, "test_mae": 10.5, "test_within_12_pct": 65.0, "training_minutes": 40.0,
-            "training_images_per_second": 40.0, "numpy_fp32_matmul_gflops": 100.0, **changes}
+            "training_images_per_second": 40.0, "numpy_fp32_matmul_gflops": 100.0, "git_commit": "a" * 40, **changes}
 
 
 def test_rows_without_a_run_folder_are_kept_only_for_the_same_command_and_schedule(tmp_path, monkeypatch):
@@ -34,6 +34,14 @@ def test_a_refitted_variant_has_no_validation_mae_to_compare():
     assert "| `refit` | trained on training + validation, the last of its 15 epochs kept | in-sample | — | 10.20 |" in table
     assert ablation.overrides("refit")["refit_on_validation"] is True
     ablation.plt.close(ablation.figure(rows))  # draws without a validation bar for it
+
+
+def test_a_difference_to_a_base_from_another_commit_is_marked():
+    same = ablation.markdown([recorded_row("base"), recorded_row("l1", validation_mae=11.5)])
+    assert "| +0.50 |" in same and "†" not in same and same.rstrip().endswith("| aaaaaaa |")
+    mixed = ablation.markdown([recorded_row("base"), recorded_row("l1", validation_mae=11.5, git_commit="b" * 40 + "-dirty")])
+    assert "| +0.50 † |" in mixed and "| bbbbbbb-dirty |" in mixed
+    assert mixed.rstrip().endswith("not one change at a time.")
 
 
 def test_the_readme_table_is_the_committed_ablation(monkeypatch):
