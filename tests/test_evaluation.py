@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import warnings
 
@@ -267,7 +268,8 @@ def test_build_performance_metrics_schema():
     assert metrics["prediction_runtime"] is None  # not measured here
     assert metrics["schema_version"] == evaluation.SCHEMA_VERSION == 2
     assert set(metrics["run"]) == {"name", "preset", "parameters", "git_commit", "uncommitted_changes", "created_utc",
-                                  "library_versions"}
+                                  "library_versions", "machine"}
+    assert metrics["run"]["machine"]["logical_cpus"] == os.cpu_count()
     assert metrics["run"]["name"] == "unit" and metrics["run"]["preset"] == "ci"
     assert set(metrics["run"]["library_versions"]) == {
         "python", "numpy", "pandas", "scikit-learn", "tensorflow", "keras", "opencv",
@@ -510,3 +512,15 @@ def test_prediction_runtime_record_runs_the_graph_on_both_splits_with_the_tta_an
     assert record["validation"]["mae_runtime"] == pytest.approx(0.0) and record["validation"]["mae_keras"] == pytest.approx(1.0)
     assert record["test"]["mean_abs_difference"] == pytest.approx(1.0)
     assert record["test"]["interval_coverage_pct"] == pytest.approx(200 / 3)  # 101+-2 and 111+-2 cover, 121+-2 misses 125
+
+
+def test_machine_facts_name_the_processor_and_the_instruction_sets_onednn_chooses_by(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                       "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16 avx512vl\n\n"
+                       "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    facts = evaluation.machine_facts(cpuinfo)
+    assert facts == {"cpu": "Intel(R) Xeon(R) Processor", "logical_cpus": os.cpu_count(),
+                     "instruction_sets": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+    elsewhere = evaluation.machine_facts(tmp_path / "absent")  # not Linux: no flags to read
+    assert elsewhere["instruction_sets"] is None and elsewhere["cpu"]

@@ -312,3 +312,14 @@ def test_a_dirty_run_names_its_uncommitted_changes(tmp_path):
     clean = report.build_report(make_results(tmp_path / "clean", fake_metrics(), figures=()), tmp_path / "Clean.pdf",
                                 compress=False).read_bytes()
     assert b"Uncommitted changes" not in pdf_text(clean)
+
+
+def test_the_appendix_names_the_machine_a_run_trained_on(tmp_path):
+    metrics = fake_metrics()
+    metrics["run"]["machine"] = {"cpu": "Intel Xeon Processor", "logical_cpus": 2,
+                                 "instruction_sets": ["avx2", "avx512f", "avx512_bf16"]}
+    pdf = report.build_report(make_results(tmp_path / "run", metrics, figures=()), tmp_path / "Report.pdf",
+                              compress=False).read_bytes()
+    assert b"Intel Xeon Processor, 2 logical CPUs; avx2 avx512f avx512_bf16" in pdf_text(pdf)
+    assert report._machine({"cpu": "arm64", "logical_cpus": 8, "instruction_sets": []}).endswith("no AVX2, AVX-512 or AMX")
+    assert report._machine({"cpu": "arm64", "logical_cpus": 8, "instruction_sets": None}) == "arm64, 8 logical CPUs"

@@ -17,7 +17,9 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
   ``-dirty``, the run's own outputs aside; absent in files written before it was recorded),
   ``created_utc`` (ISO 8601),
   ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
-  when not installed); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
+  when not installed), ``machine`` (``cpu`` model, ``logical_cpus`` and the ``instruction_sets``
+  oneDNN chooses its kernels by: a run bit-reproduces only where these and the versions match;
+  absent in files written before it was recorded); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
   the names of its runs, and a top-level ``ensemble_validation``: ``n``, ``tta``, ``mae`` of the
   ensemble and ``mae_by_member`` (run name to MAE) on the validation split, where the ensemble
   is judged against its members.
@@ -765,6 +767,26 @@ def library_versions() -> dict:
     return versions
 
 
+# oneDNN picks kernels, and so the summation order of a float result, by these extensions.
+INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The processor a run trained on: its model name, logical CPUs and the instruction sets of
+    `INSTRUCTION_SETS` it has (Linux; elsewhere the model name from `platform` and no sets)."""
+    cpu, flags = platform.processor() or platform.machine(), None
+    try:
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    except OSError:
+        fields = {}
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    cpu = fields.get("model name", cpu)
+    if "flags" in fields:
+        present = set(fields["flags"].split())
+        flags = [name for name in INSTRUCTION_SETS if name in present]
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "instruction_sets": flags}
+
+
 def benchmark_machine_facts(load_before, note: str) -> dict:
     """The machine side of a benchmark record, so that its numbers compare across machines: the
     load average before and after, cores, processor, what else ran (`note`), and the time."""
@@ -858,6 +880,7 @@ def build_performance_metrics(
             **git_state(outputs=config.RunPaths(parameters["run_name"]).written),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "library_versions": library_versions(),
+            "machine": machine_facts(),
         },
         "dataset": {
             "name": dataset_name,

@@ -1254,6 +1254,12 @@ DISCLAIMER = ("<b>Medical disclaimer.</b> This report and the software that prod
               "for patient care must be made by a qualified clinician.")
 
 
+def _machine(machine: dict) -> str:
+    sets = machine.get("instruction_sets")
+    return (f"{machine.get('cpu') or DASH}, {machine.get('logical_cpus') or DASH} logical CPUs"
+            + (f"; {' '.join(sets) or 'no AVX2, AVX-512 or AMX'}" if sets is not None else ""))
+
+
 def _run_details(run: _Run, styles) -> list:
     metrics = run.metrics
     run_record, dataset, model = metrics.get("run", {}), metrics.get("dataset", {}), metrics.get("model", {})
@@ -1270,6 +1276,7 @@ def _run_details(run: _Run, styles) -> list:
         *([["Uncommitted changes", ", ".join(run_record["uncommitted_changes"])]]
           if run_record.get("uncommitted_changes") else []),
         ["Library versions", ", ".join(f"{name} {version}" for name, version in versions.items()) or DASH],
+        *([["Machine", _machine(run_record["machine"])]] if run_record.get("machine") else []),
     ]
     story = [Paragraph("Appendix: the run", styles["heading"]),
              _table(rows, [3.5 * cm, TEXT_WIDTH - 3.5 * cm], styles, numeric_from=2)]
