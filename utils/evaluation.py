@@ -17,9 +17,10 @@ coverage per sex, the slope's interval and the paired comparison with the seed b
   ``-dirty``, the run's own outputs aside; absent in files written before it was recorded),
   ``created_utc`` (ISO 8601),
   ``library_versions`` (python, numpy, pandas, scikit-learn, tensorflow, keras, opencv; null
-  when not installed), ``machine`` (``cpu`` model, ``logical_cpus`` and the ``instruction_sets``
-  oneDNN chooses its kernels by: a run bit-reproduces only where these and the versions match;
-  absent in files written before it was recorded); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
+  when not installed), ``machine`` (where these metrics were written, in a whole-pipeline run the
+  machine it trained on: ``cpu`` model, ``logical_cpus`` and the ``instruction_sets`` oneDNN
+  chooses its kernels by; a run bit-reproduces only where these and the versions match; absent
+  in files written before it was recorded); an ensemble of runs (`python -m utils.ensemble`) adds ``ensemble_of``,
   the names of its runs, and a top-level ``ensemble_validation``: ``n``, ``tta``, ``mae`` of the
   ensemble and ``mae_by_member`` (run name to MAE) on the validation split, where the ensemble
   is judged against its members.
@@ -772,7 +773,7 @@ INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 
 
 def machine_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
-    """The processor a run trained on: its model name, logical CPUs and the instruction sets of
+    """The processor this runs on: its model name, logical CPUs and the instruction sets of
     `INSTRUCTION_SETS` it has (Linux; elsewhere the model name from `platform` and no sets)."""
     cpu, flags = platform.processor() or platform.machine(), None
     try:
