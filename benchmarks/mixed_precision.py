@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from utils import config
-from utils.evaluation import benchmark_machine_facts, matmul_gflops
+from utils.evaluation import benchmark_machine_facts, cpuinfo_fields, matmul_gflops
 from utils.files import write_json_atomic
 
 OUTPUT = config.benchmarks_dir() / "mixed_precision.json"
@@ -64,10 +64,7 @@ def time_policy(policy: str, steps: int, image_size: int, batch_size: int) -> di
 
 def _cpu_flags() -> list[str]:
     """The CPU's bfloat16/float16/int8 instruction sets (Linux), which decide whether low precision pays."""
-    try:
-        flags = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
-    except OSError:
-        return []
+    flags = set(cpuinfo_fields().get("flags", "").split())
     return sorted(flags & {"avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8", "avx512_vnni", "avx_vnni",
                            "f16c"})
 

@@ -772,20 +772,28 @@ def library_versions() -> dict:
 INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
+def cpuinfo_fields(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ("model name", "flags", ...); {} where there is none."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def machine_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     """The processor this runs on: its model name, logical CPUs and the instruction sets of
     `INSTRUCTION_SETS` it has (Linux; elsewhere the model name from `platform` and no sets)."""
-    cpu, flags = platform.processor() or platform.machine(), None
-    try:
-        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
-    except OSError:
-        fields = {}
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    cpu = fields.get("model name", cpu)
-    if "flags" in fields:
-        present = set(fields["flags"].split())
-        flags = [name for name in INSTRUCTION_SETS if name in present]
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "instruction_sets": flags}
+    fields = cpuinfo_fields(cpuinfo)
+    present = set(fields["flags"].split()) if "flags" in fields else None
+    return {"cpu": fields.get("model name", platform.processor() or platform.machine()),
+            "logical_cpus": os.cpu_count(),
+            "instruction_sets": None if present is None else [name for name in INSTRUCTION_SETS if name in present]}
 
 
 def benchmark_machine_facts(load_before, note: str) -> dict:
