@@ -260,6 +260,18 @@ def test_bare_folder_uses_file_names_and_needs_the_sex(model_dir, tmp_path):
     assert not (tmp_path / "no_sex.csv").exists()
 
 
+def test_image_folder_of_a_kaggle_layout_points_to_its_label_table(model_dir, tmp_path):
+    images = tmp_path / "boneage-test-dataset"
+    images.mkdir()
+    write_png(images / "1.png")
+    pd.DataFrame({"id": [1], "boneage": [100], "male": [True]}).to_csv(tmp_path / "boneage-test-dataset.csv", index=False)
+    inside = run_cli(images, "--model", model_dir, "--out", tmp_path / "inside.csv")
+    assert inside.returncode == 1 and f"or the folder {tmp_path}, whose label table boneage-test-dataset.csv" in inside.stderr
+    root = run_cli(tmp_path, "--model", model_dir, "--out", tmp_path / "root.csv")
+    assert root.returncode == 0, root.stderr
+    assert pd.read_csv(tmp_path / "root.csv")["male"].tolist() == [True]
+
+
 def test_bare_dicom_folder_adds_the_clinical_columns(model_dir, tmp_path):
     folder = tmp_path / "dicoms"
     folder.mkdir()

@@ -372,6 +372,11 @@ def _bare_table(folder: Path, paths: list[Path], male: bool | None) -> tuple[pd.
             f"{folder}: no label table and no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
         )
     rows, errors = [], []
+    sex_unknown = "the patient's sex is unknown; pass --sex M or --sex F"
+    sibling_table = folder.parent / f"{folder.name}.csv"
+    if sibling_table.is_file():
+        # The Kaggle layout keeps the label table beside the image folder, not inside it.
+        sex_unknown += f", or the folder {folder.parent}, whose label table {sibling_table.name} gives it"
     for path in paths:
         image_id = path.relative_to(folder).with_suffix("").as_posix()
         # The cheap checks load_dataset makes for a labelled folder (a truncated file, a bad header).
@@ -382,8 +387,7 @@ def _bare_table(folder: Path, paths: list[Path], male: bool | None) -> tuple[pd.
         header_male, header_age = dicom_demographics(path)
         row_male = header_male if male is None else male
         if row_male is None:
-            errors.append({"id": image_id, "file": str(path), "line": None,
-                           "reason": "the patient's sex is unknown; pass --sex M or --sex F"})
+            errors.append({"id": image_id, "file": str(path), "line": None, "reason": sex_unknown})
             continue
         rows.append({"id": image_id, "path": str(path), "male": row_male, AGE_COLUMN: header_age})
     table = pd.DataFrame(rows, columns=["id", "path", "male", AGE_COLUMN])
