@@ -66,6 +66,7 @@ PREDICTION_COLUMNS = ["boneage_pred", "boneage_low", "boneage_high", "quality_fl
 # The clinical reading in a CSV, where the chronological age is known (names as utils.clinical's).
 CLINICAL_COLUMNS = [AGE_COLUMN, "difference_months", "bone_age_sds", "bone_age_centile", "category"]
 VISITS_SUFFIX = ".csv"  # a CSV file as the path: a table of follow-up visits
+SEX_UNKNOWN = "the patient's sex is unknown; pass --sex M or --sex F"
 REJECTED_EXIT = 3  # the exit status of one image rejected by --reject-flagged
 
 
@@ -252,7 +253,7 @@ def predict_file(predictor: Predictor, path, male: bool | None = None, age_month
     sex_source = "--sex" if male is not None else "DICOM PatientSex"
     male = header_male if male is None else male
     if male is None:
-        raise UsageError(f"{path}: the patient's sex is unknown; pass --sex M or --sex F")
+        raise UsageError(f"{path}: {SEX_UNKNOWN}")
     if age_months is not None and not 0 <= age_months <= MAX_AGE_MONTHS:
         raise UsageError(f"--age-months {age_months:g}: expected months in 0..{MAX_AGE_MONTHS}")
     age_source = "--age-months" if age_months is not None else "DICOM header"
@@ -372,7 +373,7 @@ def _bare_table(folder: Path, paths: list[Path], male: bool | None) -> tuple[pd.
             f"{folder}: no label table and no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
         )
     rows, errors = [], []
-    sex_unknown = "the patient's sex is unknown; pass --sex M or --sex F"
+    sex_unknown = SEX_UNKNOWN
     sibling_table = folder.parent / f"{folder.name}.csv"
     if sibling_table.is_file():
         # The Kaggle layout keeps the label table beside the image folder, not inside it.
