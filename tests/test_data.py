@@ -588,3 +588,13 @@ def test_drop_invalid_drops_undecodable_images_of_a_run_and_lists_them(tmp_path,
     assert study.load_images(table, dropping, progress=False).shape == (4, 16, 16)
     with pytest.warns(UserWarning, match="2 bad row"):
         assert study.load_table(dropping, paths)["id"].tolist() == ["1", "2", "4", "6"]
+
+
+def test_table_beside_finds_the_label_table_named_like_an_image_folder(tmp_path):
+    images = tmp_path / "scans.2024"
+    images.mkdir()
+    assert data.table_beside(images) is None
+    (tmp_path / "scans.csv").write_text("id,boneage,male\n")  # a dot in the folder's name is not a suffix
+    assert data.table_beside(images) is None
+    (tmp_path / "scans.2024.xlsx").write_bytes(b"")
+    assert data.table_beside(images) == tmp_path / "scans.2024.xlsx"

@@ -324,6 +324,16 @@ def _locate_image(record: dict, columns: dict, file: Path, finder, reasons: list
     return "", image_id
 
 
+def table_beside(image_folder: Path) -> Path | None:
+    """The label table named like `image_folder` next to it (the Kaggle layout: the folder
+    `boneage-training-dataset/` beside `boneage-training-dataset.csv`), or None."""
+    for suffix in TABLE_SUFFIXES:
+        table = image_folder.parent / f"{image_folder.name}{suffix}"
+        if table.is_file():
+            return table
+    return None
+
+
 class _ImageFinder:
     """Finds the images `<id>.<suffix>` of a table's rows; each folder is listed once per load."""
 

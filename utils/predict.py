@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from utils import config, rejection
 from utils.clinical import MAX_AGE_MONTHS, clinical_readout, clinical_table
-from utils.data import IMAGE_SUFFIXES, TABLE_SUFFIXES, image_problem, load_dataset, parse_sex
+from utils.data import IMAGE_SUFFIXES, TABLE_SUFFIXES, image_problem, load_dataset, parse_sex, table_beside
 from utils.files import atomic_path, write_json_atomic
 from utils.model_card import CARD_FILE, ModelCard
 from utils.onnx_runtime import THREADS, OnnxBoneAgeModel
@@ -374,10 +374,9 @@ def _bare_table(folder: Path, paths: list[Path], male: bool | None) -> tuple[pd.
         )
     rows, errors = [], []
     sex_unknown = SEX_UNKNOWN
-    sibling_table = folder.parent / f"{folder.name}.csv"
-    if sibling_table.is_file():
-        # The Kaggle layout keeps the label table beside the image folder, not inside it.
-        sex_unknown += f", or the folder {folder.parent}, whose label table {sibling_table.name} gives it"
+    labels = table_beside(folder)
+    if labels:
+        sex_unknown += f", or the folder {folder.parent}, whose label table {labels.name} gives it"
     for path in paths:
         image_id = path.relative_to(folder).with_suffix("").as_posix()
         # The cheap checks load_dataset makes for a labelled folder (a truncated file, a bad header).
